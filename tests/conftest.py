@@ -1,0 +1,18 @@
+"""Shared test set-up: Keras 2 for transformers, quiet TensorFlow, and where the real GLUE data lives."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
+
+
+def glue_dir_or_skip(task_directory: str) -> str:
+    """The real GLUE data directory for one task (e.g. "MRPC"), or skip the test saying why."""
+    path = os.path.join(GLUE_DIR, task_directory)
+    if not os.path.isdir(path):
+        pytest.skip(f"real GLUE data not found at {path} (set GLUE_DIR to a directory in the standard GLUE layout)")
+    return GLUE_DIR
