@@ -1,0 +1,49 @@
+"""GlueSchemaGen: the expected data schema, written from the GLUE task table instead of inferred.
+
+An inferred schema describes whatever data arrived, so ExampleValidator could never object to it. This
+one states what the table promises: two non-empty string features, an integer label in
+[0, num_labels) or a float score in [0, 5], and an integer index, on every train and eval example.
+"""
+from __future__ import annotations
+
+import os
+
+from tensorflow_data_validation.utils import schema_util
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx import v1 as tfx
+
+from modules.glue import FEATURE_INDEX, FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, get_task
+
+SCHEMA_FILE = "schema.pbtxt"
+STSB_SCORE_RANGE = (0.0, 5.0)
+
+
+def glue_schema(task_name: str) -> schema_pb2.Schema:
+    """The schema of one task's labeled examples (train and eval splits)."""
+    task = get_task(task_name)
+    schema = schema_pb2.Schema()
+
+    def add(name: str, kind: int) -> schema_pb2.Feature:
+        feature = schema.feature.add(name=name, type=kind)
+        feature.presence.min_fraction = 1.0
+        feature.presence.min_count = 1
+        feature.shape.SetInParent()  # a scalar per example: FixedLenFeature([])
+        return feature
+
+    add(FEATURE_TEXT_A, schema_pb2.BYTES)
+    add(FEATURE_TEXT_B, schema_pb2.BYTES)
+    add(FEATURE_INDEX, schema_pb2.INT)
+    if task.is_regression:
+        label = add(FEATURE_LABEL, schema_pb2.FLOAT)
+        label.float_domain.min, label.float_domain.max = STSB_SCORE_RANGE
+    else:
+        label = add(FEATURE_LABEL, schema_pb2.INT)
+        label.int_domain.min, label.int_domain.max = 0, task.num_labels - 1
+        label.int_domain.is_categorical = True
+    return schema
+
+
+@tfx.dsl.components.component
+def GlueSchemaGen(task: tfx.dsl.components.Parameter[str],
+                  schema: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Schema]) -> None:
+    schema_util.write_schema_text(glue_schema(task), os.path.join(schema.uri, SCHEMA_FILE))

@@ -1,0 +1,153 @@
+"""Runs the pipeline locally: LocalDagRunner, Beam DirectRunner, SQLite ML Metadata.
+
+    python -m pipeline.run --task mrpc --epochs 3 [-- <Beam arguments, e.g. --direct_num_workers=2>]
+
+Takes the original training script's flags (--casing, --bottleneck_size, --non_linearity, --task,
+--batch_size, --epochs, --max_seq_length, --learning_rate, --warmup_ratio, --saved_models_dir); every
+flag is checked before any work starts. Ends with a table: task, metrics, blessed, push destination,
+wall time per component.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional, Sequence, Tuple
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import logging
+
+from modules import backbone as backbone_lib
+from pipeline import configs
+
+TRAINING_FLAGS = {
+    "bottleneck_size": int, "batch_size": int, "epochs": int, "max_seq_length": int, "seed": int,
+    "learning_rate": float, "warmup_ratio": float, "weight_decay": float,
+    "non_linearity": str, "placement": str,
+}
+
+
+def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
+    """Our flags, and the Beam arguments given after a lone `--`."""
+    argv = list(argv)
+    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    ours = argv[:argv.index("--")] if "--" in argv else argv
+    defaults = configs.TrainingConfig()
+    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
+    parser.add_argument("--model", "--casing", dest="model", default=defaults.model,
+                        help="backbone: 'minilm' (offline default), a local HF model dir, or a hub name like bert-base-uncased")
+    for flag, kind in TRAINING_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=kind, default=getattr(defaults, flag))
+    parser.add_argument("--full_finetune", action="store_true", help="train every weight, no adapters (the reference)")
+    parser.add_argument("--freeze_layer_norms", action="store_true", help="keep the encoder's layer norms frozen too")
+    parser.add_argument("--no_bucketing", action="store_true", help="pad every batch to --max_seq_length")
+    parser.add_argument("--data_dir", default=configs.DEFAULT_DATA_DIR, help="GLUE data in the standard layout (<dir>/MRPC/train.tsv ...)")
+    parser.add_argument("--output_dir", default=configs.DEFAULT_OUTPUT_DIR,
+                        help="default parent of --pipeline_root, --serving_dir and the metadata database")
+    parser.add_argument("--pipeline_root", help="where artifacts go (default <output_dir>/pipelines/<pipeline name>)")
+    parser.add_argument("--serving_dir", "--saved_models_dir", dest="serving_dir",
+                        help="Pusher destination: <serving_dir>/<task>/<version>/ (default <output_dir>/serving)")
+    parser.add_argument("--metadata_path", help="SQLite ML Metadata file (default <output_dir>/metadata.sqlite)")
+    parser.add_argument("--min_eval_value", type=float, default=0.0, help="bless only if the task's main metric reaches this")
+    parser.add_argument("--max_regression", type=float, default=0.01,
+                        help="do not bless a model this much worse than the latest blessed one on the main metric")
+    parser.add_argument("--no_cache", action="store_true", help="rerun every component even if its inputs are unchanged")
+    return parser.parse_args(ours), beam_args
+
+
+def training_config(args: argparse.Namespace) -> configs.TrainingConfig:
+    """The validated training configuration; also checks the backbone exists and fits --max_seq_length."""
+    config = configs.TrainingConfig(
+        task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
+        bucketing=not args.no_bucketing, **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
+    )
+    model_dir = backbone_lib.resolve_model_dir(config.model)
+    bert_config = backbone_lib.load_config(model_dir)
+    backbone_lib.tokenizer_settings(model_dir)
+    if config.max_seq_length > bert_config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {config.max_seq_length} exceeds the backbone's maximum of "
+                         f"{bert_config.max_position_embeddings} positions.")
+    return config
+
+
+def _latest_run(store, pipeline_name: str):
+    """The newest pipeline_run context of this pipeline in ML Metadata."""
+    runs = [c for c in store.get_contexts_by_type("pipeline_run")
+            if any(p.name == pipeline_name for p in store.get_parent_contexts_by_context(c.id))]
+    return max(runs, key=lambda c: c.create_time_since_epoch)
+
+
+def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_seconds: float) -> None:
+    """Per-component state and wall time of the latest run and what it produced, read from ML Metadata."""
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.orchestration import metadata
+
+    from modules.metrics import overall_metrics
+
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
+    executions = sorted(store.get_executions_by_context(_latest_run(store, pipeline_name).id),
+                        key=lambda e: e.create_time_since_epoch)
+    print("\n" + "=" * 78)
+    print(f"{'component':<34}{'state':<12}{'wall time':>12}")
+    for execution in executions:
+        node = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "node"]
+        seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
+        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+        print(f"{node[0].split('.', 1)[-1] if node else execution.name:<34}{state:<12}{seconds:>10.1f} s")
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    outputs = store.get_artifacts_by_id([e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])
+    kinds = {t.id: t.name for t in store.get_artifact_types()}
+    lines = [f"task:      {task}"]
+    for artifact in outputs:
+        kind, props = kinds[artifact.type_id], artifact.custom_properties
+        if kind == "ModelEvaluation":
+            values = overall_metrics(artifact.uri) or overall_metrics(artifact.uri, model_name="candidate")
+            split = artifact.uri.rstrip("/").split("/")[-3].replace("Evaluator_", "")
+            lines.append(f"{split + ':':<11}" + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        elif kind == "ModelBlessing":
+            lines.append(f"blessed:   {'yes' if props['blessed'].int_value else 'no'}")
+        elif kind == "PushedModel":
+            pushed = props["pushed"].int_value
+            lines.append(f"pushed to: {props['pushed_destination'].string_value if pushed else 'not pushed'}")
+    print("-" * 78)
+    print("\n".join(lines + [f"wall time: {wall_seconds:.1f} s"]))
+    print("=" * 78)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = training_config(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    from tfx import v1 as tfx
+    from pipeline.pipeline import create_pipeline, pipeline_name_for
+
+    name = pipeline_name_for(config.task, configs.PIPELINE_NAME)
+    pipeline_root = args.pipeline_root or os.path.join(args.output_dir, "pipelines", name)
+    serving_dir = args.serving_dir or os.path.join(args.output_dir, "serving")
+    metadata_path = args.metadata_path or os.path.join(args.output_dir, "metadata.sqlite")
+    os.makedirs(os.path.dirname(os.path.abspath(metadata_path)), exist_ok=True)
+    try:
+        pipeline = create_pipeline(
+            pipeline_name=name, pipeline_root=pipeline_root, data_dir=args.data_dir, serving_dir=serving_dir,
+            config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+            beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    logging.set_verbosity(logging.INFO)
+    start = time.time()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    print_summary(config.task, metadata_path, name, time.time() - start)
+
+
+if __name__ == "__main__":
+    main()
