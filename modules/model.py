@@ -7,6 +7,7 @@ trained variables, with a JSON config naming the adapter settings and the backbo
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -111,14 +112,15 @@ def save_adapter_weights(model: AdapterBertClassifier, directory: str, extra: Op
         "backbone": _backbone_summary(model),
         **(extra or {}),
     }
-    weights = {variable_key(v): v.numpy() for v in model.trainable_variables}
-    for name, write in (
-        (ADAPTER_WEIGHTS_FILE, lambda f: np.savez(f, **weights)),
-        (ADAPTER_CONFIG_FILE, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode())),
+    weights = io.BytesIO()  # np.savez seeks in its output, which a GFile opened for writing cannot do
+    np.savez(weights, **{variable_key(v): v.numpy() for v in model.trainable_variables})
+    for name, data in (
+        (ADAPTER_WEIGHTS_FILE, weights.getvalue()),
+        (ADAPTER_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True).encode()),
     ):
         path = os.path.join(directory, name)
         with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-            write(f)
+            f.write(data)
         tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
@@ -144,14 +146,15 @@ def load_adapter_weights(model: AdapterBertClassifier, directory: str) -> None:
                 f"Adapters in {directory} were trained on a backbone with {key}={expected[key]}, "
                 f"this backbone has {key}={actual[key]}."
             )
+    # Settings before the fingerprint: it covers the frozen weights, which train_layer_norms changes.
+    if dataclasses.asdict(model.adapter_config) != config["adapter"] or model.num_labels != config["num_labels"]:
+        raise ValueError(f"Adapters in {directory} have settings {config['adapter']} with {config['num_labels']} labels; "
+                         f"the model was built with {dataclasses.asdict(model.adapter_config)} and {model.num_labels} labels.")
     if expected["fingerprint"] != actual["fingerprint"]:
         raise ValueError(
             f"Adapters in {directory} were trained on other backbone weights (fingerprint "
             f"{expected['fingerprint'][:12]}..., this backbone {actual['fingerprint'][:12]}...): load the backbone they were trained with."
         )
-    if dataclasses.asdict(model.adapter_config) != config["adapter"] or model.num_labels != config["num_labels"]:
-        raise ValueError(f"Adapters in {directory} have settings {config['adapter']} with {config['num_labels']} labels; "
-                         f"the model was built with {dataclasses.asdict(model.adapter_config)} and {model.num_labels} labels.")
     with tf.io.gfile.GFile(os.path.join(directory, ADAPTER_WEIGHTS_FILE), "rb") as f:
         weights = dict(np.load(f))
     variables = {variable_key(v): v for v in model.trainable_variables}
