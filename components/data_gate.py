@@ -3,7 +3,6 @@
 TFX's ExampleValidator records anomalies but lets the pipeline go on; a production run must not train
 (and later push) a model on data that broke the schema. The error lists every anomaly, per split.
 """
-from __future__ import annotations
 
 import os
 from typing import List

@@ -4,7 +4,6 @@ An inferred schema describes whatever data arrived, so ExampleValidator could ne
 one states what the table promises: two non-empty string features, an integer label in
 [0, num_labels) or a float score in [0, 5], and an integer index, on every train and eval example.
 """
-from __future__ import annotations
 
 import os
 

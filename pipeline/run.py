@@ -10,19 +10,23 @@ wall time per component.
 from __future__ import annotations
 
 import argparse
+import logging as std_logging
 import os
 import sys
 import time
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)  # google-cloud's Python 3.10 notices, on every import
 
 from absl import logging
 
 from modules import backbone as backbone_lib
 from pipeline import configs
 
+PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
 TRAINING_FLAGS = {
     "bottleneck_size": int, "batch_size": int, "epochs": int, "max_seq_length": int, "seed": int,
     "learning_rate": float, "warmup_ratio": float, "weight_decay": float,
@@ -57,6 +61,7 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--max_regression", type=float, default=0.01,
                         help="do not bless a model this much worse than the latest blessed one on the main metric")
     parser.add_argument("--no_cache", action="store_true", help="rerun every component even if its inputs are unchanged")
+    parser.add_argument("--verbose", action="store_true", help="show TFX's full log, not just progress")
     return parser.parse_args(ours), beam_args
 
 
@@ -120,6 +125,14 @@ def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_second
     print("=" * 78)
 
 
+class ProgressFilter(std_logging.Filter):
+    """Keeps the log readable: component start/finish, this project's own messages, and every warning."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        ours = os.path.relpath(record.pathname, configs.REPO_ROOT).split(os.sep)[0] in PROJECT_PACKAGES
+        return record.levelno >= std_logging.WARNING or ours or str(record.msg).startswith("Component ")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -144,6 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     logging.set_verbosity(logging.INFO)
+    if not args.verbose:
+        std_logging.getLogger("absl").addFilter(ProgressFilter())
     start = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)
     print_summary(config.task, metadata_path, name, time.time() - start)

@@ -1,0 +1,265 @@
+"""TFX Trainer module: trains the adapter BERT on the Transform output and exports the serving SavedModel.
+
+`run_fn` is what the Trainer component calls. It reads the transformed examples, batches them by length
+(dynamic padding: each batch is cut to its longest example), trains with AdamW under a linear warm-up and
+decay schedule, logs per-epoch loss, GLUE metrics and examples/s to the console and TensorBoard, and exports:
+  <serving_model_dir>/                a SavedModel with two signatures:
+      serving_default  serialized tf.Examples -> outputs   (TFMA Evaluator, TF Serving tf.Example clients)
+      predict_text     raw sentences          -> outputs   (the Transform graph runs inside)
+  <serving_model_dir>/../adapters/    the adapter-only weights and their JSON config
+Outputs are "probabilities" [batch, num_labels] and "label" [batch] for classification, "score" [batch]
+for regression.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Dict, List, Optional, Tuple
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from absl import logging
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from modules import backbone as backbone_lib
+from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
+from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
+from modules.model import INPUT_NAMES, AdapterBertClassifier, save_adapter_weights
+from pipeline.configs import TrainingConfig
+
+LENGTH_FEATURE = "length"
+BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
+TEXT_SIGNATURE = "predict_text"
+
+
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int):
+        self.peak, self.total_steps, self.warmup_steps = peak, total_steps, warmup_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = self.peak * step / max(1, self.warmup_steps)
+        decay = self.peak * tf.maximum(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+        return tf.where(step < self.warmup_steps, warmup, decay)
+
+    def get_config(self) -> Dict[str, float]:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+
+def _read_transformed(file_patterns: List[str], feature_spec: Dict) -> tf.data.Dataset:
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"No transformed examples match {file_patterns}.")
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return records.batch(512).map(lambda r: tf.io.parse_example(r, feature_spec)).unbatch()
+
+
+def make_dataset(
+    file_patterns: List[str],
+    feature_spec: Dict,
+    batch_size: int,
+    max_seq_length: int,
+    shuffle_seed: Optional[int],
+    bucketing: bool,
+) -> tf.data.Dataset:
+    """(features, label) batches; with `bucketing`, examples of similar length share a batch cut to its longest."""
+    dataset = _read_transformed(file_patterns, feature_spec)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(20_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+    if bucketing:
+        boundaries = [b for b in BUCKET_BOUNDARIES if b < max_seq_length]
+        dataset = dataset.bucket_by_sequence_length(
+            lambda features: tf.cast(features[LENGTH_FEATURE], tf.int32),
+            bucket_boundaries=[b + 1 for b in boundaries],
+            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        )
+    else:
+        dataset = dataset.batch(batch_size)
+
+    def split(features: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
+        length = tf.reduce_max(features[LENGTH_FEATURE]) if bucketing else max_seq_length
+        return {name: features[name][:, :length] for name in INPUT_NAMES}, features[FEATURE_LABEL]
+
+    return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _count(dataset: tf.data.Dataset) -> int:
+    return int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+
+
+def predict_outputs(task: GlueTask, logits: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """The model's logits as the serving outputs (probabilities and label, or a score)."""
+    if task.is_regression:
+        return {OUTPUT_SCORE: logits[:, 0]}
+    return {OUTPUT_PROBABILITIES: tf.nn.softmax(logits, axis=-1), OUTPUT_LABEL: tf.argmax(logits, axis=-1)}
+
+
+def evaluate(model: keras.Model, task: GlueTask, dataset: tf.data.Dataset) -> Dict[str, float]:
+    """GLUE metrics of `model` on a dataset of (features, label) batches."""
+    labels, predictions = [], []
+    for features, label in dataset:
+        outputs = predict_outputs(task, model(features, training=False))
+        predictions.append(outputs[OUTPUT_SCORE if task.is_regression else OUTPUT_LABEL].numpy())
+        labels.append(label.numpy())
+    return glue_metrics(task, np.concatenate(labels), np.concatenate(predictions))
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """Per-epoch loss, eval GLUE metrics, examples/s and ETA to the log and TensorBoard; progress within epochs."""
+
+    def __init__(self, task: GlueTask, eval_dataset: tf.data.Dataset, num_examples: int, epochs: int, log_dir: str,
+                 batch_size: int, log_every_seconds: float = 30.0):
+        super().__init__()
+        self.task, self.eval_dataset, self.num_examples, self.epochs = task, eval_dataset, num_examples, epochs
+        self.batch_size, self.log_every_seconds = batch_size, log_every_seconds
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "glue"))
+        self.history: List[Dict[str, float]] = []
+        self.train_start = self.epoch_start = self.last_log = 0.0
+
+    def on_train_begin(self, logs=None) -> None:
+        self.train_start = time.time()
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch_start = self.last_log = time.time()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        now = time.time()
+        if now - self.last_log >= self.log_every_seconds:
+            self.last_log = now
+            seen = min((batch + 1) * self.batch_size, self.num_examples)
+            rate = seen / (now - self.epoch_start)
+            logging.info("  epoch %d: %d/%d examples, %.1f examples/s, loss %.4f, epoch ETA %.0f s",
+                         len(self.history) + 1, seen, self.num_examples, rate, (logs or {}).get("loss", float("nan")),
+                         (self.num_examples - seen) / rate)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        seconds = time.time() - self.epoch_start
+        metrics = evaluate(self.model, self.task, self.eval_dataset)
+        record = {"epoch": epoch + 1, "loss": float(logs["loss"]), "examples_per_second": self.num_examples / seconds,
+                  **{f"eval_{k}": v for k, v in metrics.items()}}
+        self.history.append(record)
+        eta = (time.time() - self.train_start) / (epoch + 1) * (self.epochs - epoch - 1)
+        logging.info("epoch %d/%d: loss %.4f, %s, %.1f examples/s, %.0f s, ETA %.0f s", epoch + 1, self.epochs,
+                     record["loss"], ", ".join(f"eval {k} {v:.4f}" for k, v in metrics.items()),
+                     record["examples_per_second"], seconds, eta)
+        with self.writer.as_default(step=epoch + 1):
+            for key, value in record.items():
+                if key != "epoch":
+                    tf.summary.scalar(key, value)
+        self.writer.flush()
+
+
+def build_model(config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:
+    bert = backbone_lib.load_backbone(config.model)
+    max_positions = bert.config.max_position_embeddings
+    if config.max_seq_length > max_positions:
+        raise ValueError(f"--max_seq_length {config.max_seq_length} exceeds the backbone's maximum of {max_positions}.")
+    return AdapterBertClassifier(bert, task.num_labels, config.adapter_config(), full_finetune=config.full_finetune)
+
+
+def compile_model(model: keras.Model, config: TrainingConfig, task: GlueTask, total_steps: int) -> None:
+    schedule = WarmupLinearDecay(config.learning_rate, total_steps, int(config.warmup_ratio * total_steps))
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay, epsilon=1e-6)
+    optimizer.exclude_from_weight_decay(var_names=["LayerNorm", "bias"])
+    if task.is_regression:
+        loss = keras.losses.MeanSquaredError()
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss)
+
+
+def train(
+    config: TrainingConfig,
+    train_files: List[str],
+    eval_files: List[str],
+    feature_spec: Dict,
+    log_dir: str,
+) -> Tuple[AdapterBertClassifier, List[Dict[str, float]]]:
+    """Builds and trains the model; returns it and the per-epoch records."""
+    task = get_task(config.task)
+    keras.utils.set_random_seed(config.seed)
+    train_data = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
+                              shuffle_seed=config.seed, bucketing=config.bucketing)
+    eval_data = make_dataset(eval_files, feature_spec, config.batch_size, config.max_seq_length,
+                             shuffle_seed=None, bucketing=config.bucketing)
+    num_examples = _count(_read_transformed(train_files, feature_spec))
+    if num_examples == 0:
+        raise ValueError(f"No training examples in {train_files}.")
+    steps_per_epoch = _count(train_data)
+    model = build_model(config, task)
+    compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    total = trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
+    logging.info("training %s on %d examples (%d steps/epoch, %d epochs): %d of %d parameters trainable (%.2f%%)",
+                 task.name, num_examples, steps_per_epoch, config.epochs, trainable, total, 100 * trainable / total)
+    progress = ProgressLogger(task, eval_data, num_examples, config.epochs, log_dir, config.batch_size)
+    model.fit(train_data, epochs=config.epochs, verbose=0,
+              callbacks=[progress, keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
+    return model, progress.history
+
+
+class ServingModule(tf.Module):
+    """What is exported: the model, the Transform graph, and the two serving signatures."""
+
+    def __init__(self, model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput, task: GlueTask):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self.task = task
+        self.raw_feature_spec = {
+            name: spec for name, spec in tf_transform_output.raw_feature_spec().items() if name != FEATURE_LABEL
+        }
+
+    def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        transformed = self.tft_layer(raw_features)
+        features = {name: transformed[name] for name in INPUT_NAMES}
+        return predict_outputs(self.task, self.model(features, training=False))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return self._predict(tf.io.parse_example(examples, self.raw_feature_spec))
+
+    def text_signature(self) -> tf.types.experimental.ConcreteFunction:
+        """Raw sentences in; single-sentence tasks take only `sentence1`."""
+        if self.task.text_b is None:
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A)])
+            def serve_text(sentence1: tf.Tensor) -> Dict[str, tf.Tensor]:
+                return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: tf.fill(tf.shape(sentence1), "")})
+        else:
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A),
+                                          tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_B)])
+            def serve_text(sentence1: tf.Tensor, sentence2: tf.Tensor) -> Dict[str, tf.Tensor]:
+                return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: sentence2})
+        return serve_text.get_concrete_function()
+
+
+def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput,
+                         task: GlueTask, directory: str) -> None:
+    module = ServingModule(model, tf_transform_output, task)
+    signatures = {"serving_default": module.serve_examples.get_concrete_function(), TEXT_SIGNATURE: module.text_signature()}
+    tf.saved_model.save(module, directory, signatures=signatures)
+
+
+def adapters_dir(serving_model_dir: str) -> str:
+    """Where the adapter-only weights go: next to the SavedModel, inside the same Model artifact."""
+    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), "adapters")
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    """Entry point of the TFX Trainer component."""
+    config = TrainingConfig.from_dict(fn_args.custom_config or {})
+    task = get_task(config.task)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir)
+    export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir)
+    if not config.full_finetune:
+        save_adapter_weights(model, adapters_dir(fn_args.serving_model_dir),
+                             extra={"task": task.name, "model": config.model, "max_seq_length": config.max_seq_length})
