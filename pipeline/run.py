@@ -34,14 +34,17 @@ TRAINING_FLAGS = {
 }
 
 
-def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
+def split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     """Our flags, and the Beam arguments given after a lone `--`."""
     argv = list(argv)
-    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    ours = argv[:argv.index("--")] if "--" in argv else argv
+    if "--" not in argv:
+        return argv, []
+    return argv[:argv.index("--")], argv[argv.index("--") + 1:]
+
+
+def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every runner shares (this one, kubeflow.runner): task, backbone, training, blessing, caching."""
     defaults = configs.TrainingConfig()
-    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
     parser.add_argument("--model", "--casing", dest="model", default=defaults.model,
                         help="backbone: 'minilm' (offline default), a local HF model dir, or a hub name like bert-base-uncased")
@@ -50,6 +53,18 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--full_finetune", action="store_true", help="train every weight, no adapters (the reference)")
     parser.add_argument("--freeze_layer_norms", action="store_true", help="keep the encoder's layer norms frozen too")
     parser.add_argument("--no_bucketing", action="store_true", help="pad every batch to --max_seq_length")
+    parser.add_argument("--min_eval_value", type=float, default=0.0, help="bless only if the task's main metric reaches this")
+    parser.add_argument("--max_regression", type=float, default=0.01,
+                        help="do not bless a model this much worse than the latest blessed one on the main metric")
+    parser.add_argument("--no_cache", action="store_true", help="rerun every component even if its inputs are unchanged")
+
+
+def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
+    """Our flags, and the Beam arguments given after a lone `--`."""
+    ours, beam_args = split_beam_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pipeline_flags(parser)
     parser.add_argument("--data_dir", default=configs.DEFAULT_DATA_DIR, help="GLUE data in the standard layout (<dir>/MRPC/train.tsv ...)")
     parser.add_argument("--output_dir", default=configs.DEFAULT_OUTPUT_DIR,
                         help="default parent of --pipeline_root, --serving_dir and the metadata database")
@@ -57,20 +72,21 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--serving_dir", "--saved_models_dir", dest="serving_dir",
                         help="Pusher destination: <serving_dir>/<task>/<version>/ (default <output_dir>/serving)")
     parser.add_argument("--metadata_path", help="SQLite ML Metadata file (default <output_dir>/metadata.sqlite)")
-    parser.add_argument("--min_eval_value", type=float, default=0.0, help="bless only if the task's main metric reaches this")
-    parser.add_argument("--max_regression", type=float, default=0.01,
-                        help="do not bless a model this much worse than the latest blessed one on the main metric")
-    parser.add_argument("--no_cache", action="store_true", help="rerun every component even if its inputs are unchanged")
     parser.add_argument("--verbose", action="store_true", help="show TFX's full log, not just progress")
     return parser.parse_args(ours), beam_args
 
 
-def training_config(args: argparse.Namespace) -> configs.TrainingConfig:
-    """The validated training configuration; also checks the backbone exists and fits --max_seq_length."""
+def training_config(args: argparse.Namespace, check_backbone: bool = True) -> configs.TrainingConfig:
+    """The validated training configuration; also checks the backbone exists and fits --max_seq_length.
+
+    check_backbone=False where the backbone is resolved later, in the container (kubeflow.runner); the Trainer checks it there.
+    """
     config = configs.TrainingConfig(
         task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
         bucketing=not args.no_bucketing, **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
     )
+    if not check_backbone:
+        return config
     model_dir = backbone_lib.resolve_model_dir(config.model)
     bert_config = backbone_lib.load_config(model_dir)
     backbone_lib.tokenizer_settings(model_dir)

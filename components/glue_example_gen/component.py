@@ -13,12 +13,24 @@ from components.glue_example_gen import executor
 from modules.glue import GlueTask, get_task
 
 
+def is_remote(path: str) -> bool:
+    """gs://, s3://, hdfs://...: storage the orchestrator's pods read, often unreachable where the pipeline is compiled."""
+    return "://" in path
+
+
 def glue_input_config(data_dir: str, task: GlueTask) -> example_gen_pb2.Input:
     """One input split per file of the task table, checked now so a wrong path fails at pipeline build time.
 
     Labeled splits (train, eval*) are required: a missing file is an error naming the path expected.
     Test splits are optional (many users have no test file); a missing one is left out and logged.
+    A remote data_dir (e.g. gs:// for Kubeflow) is not read now: its labeled splits are declared and the
+    executor names any missing file at run time; test splits, which no later component uses, are left out.
     """
+    if is_remote(data_dir):
+        return example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name=split, pattern=f"{task.directory}/{file_name}")
+            for split, file_name in task.splits.items() if executor.is_labeled(task, split)
+        ])
     if not tf.io.gfile.isdir(data_dir):
         raise ValueError(f"GLUE data directory not found: {data_dir}.")
     task_dir = os.path.join(data_dir, task.directory)
