@@ -1,7 +1,7 @@
 """`create_pipeline`: the one definition of the pipeline, used unchanged by every runner (local Beam, Kubeflow).
 
 GlueExampleGen -> StatisticsGen -> GlueSchemaGen -> ExampleValidator -> DataGate -> Transform -> Trainer
--> Evaluator per eval split (against the latest blessed model) -> Pusher.
+-> Evaluator per eval split (against the latest blessed model) -> AtomicPusher.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tfx import v1 as tfx
 from components.data_gate import DataGate
 from components.glue_example_gen.component import GlueExampleGen
 from components.glue_schema_gen import GlueSchemaGen
+from components.pusher import AtomicPusher
 from modules.glue import get_task
 from modules.metrics import evaluator_configs
 from pipeline.configs import TrainingConfig
@@ -88,13 +89,13 @@ def create_pipeline(
         ).with_id(f"Evaluator_{split}")
         for split, split_config in evaluator_configs(task, min_eval_value, max_regression).items()
     ]
-    pusher = tfx.components.Pusher(
+    pusher = AtomicPusher(  # tfx.components.Pusher, publishing each version directory atomically
         model=trainer.outputs["model"],
         model_blessing=evaluators[0].outputs["blessing"],  # the "eval" split decides
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=os.path.join(serving_dir, task.name))
         ),
-    )
+    ).with_id("Pusher")  # the node id TFX's Pusher had: same MLMD contexts and Kubeflow task name
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

@@ -162,16 +162,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     pipeline_root = args.pipeline_root or os.path.join(args.output_dir, "pipelines", name)
     serving_dir = args.serving_dir or os.path.join(args.output_dir, "serving")
     metadata_path = args.metadata_path or os.path.join(args.output_dir, "metadata.sqlite")
-    os.makedirs(os.path.dirname(os.path.abspath(metadata_path)), exist_ok=True)
     try:
         pipeline = create_pipeline(
             pipeline_name=name, pipeline_root=pipeline_root, data_dir=args.data_dir, serving_dir=serving_dir,
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
-            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
             beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    # Only once every check has passed: this helper creates the database's directory.
+    pipeline.metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        os.path.abspath(metadata_path))
     logging.set_verbosity(logging.INFO)
     if not args.verbose:
         std_logging.getLogger("absl").addFilter(ProgressFilter())
