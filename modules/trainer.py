@@ -213,8 +213,9 @@ class ServingModule(tf.Module):
         self.model = model
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.task = task
-        self.raw_feature_spec = {
-            name: spec for name, spec in tf_transform_output.raw_feature_spec().items() if name != FEATURE_LABEL
+        self.raw_feature_spec = {  # the text only: clients send no label and no GLUE row index ("idx")
+            name: spec for name, spec in tf_transform_output.raw_feature_spec().items()
+            if name in (FEATURE_TEXT_A, FEATURE_TEXT_B)
         }
 
     def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:

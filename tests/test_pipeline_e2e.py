@@ -1,0 +1,289 @@
+"""End to end: the whole pipeline, run by `pipeline.run.main` exactly as the CLI runs it, on a small MRPC
+sample with a tiny random BERT; then the same command again, which must reuse the upstream outputs.
+
+Both runs happen in one module-scoped fixture (2.5-3.5 minutes wall, ~1.5 CPU-minutes, on a shared 2-core
+machine; the rerun is ~30 s of it) whose results every test reads:
+  - ML Metadata: every node of create_pipeline(...) has a COMPLETE execution in the run;
+  - the Evaluator's metrics are the task's GLUE metrics, the model is blessed, the Pusher pushed it to
+    <serving_dir>/mrpc/<version>/ and the summary table says all of it;
+  - the pushed SavedModel answers raw sentence pairs ("predict_text") and serialized tf.Examples
+    ("serving_default") with exactly what the Keras model rebuilt from the adapter-only weights gives;
+  - the rerun: every component upstream of the Evaluator is CACHED (same artifacts); the Evaluator reruns,
+    now against the first run's blessed model as baseline.
+"""
+import contextlib
+import io
+import os
+import random
+import re
+import types
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tiny_bert import write_tiny_bert
+
+TASK = "mrpc"
+MAX_SEQ_LENGTH = 32
+TRAIN_ROWS, EVAL_ROWS = 64, 32
+MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+# Upstream of the resolver, Evaluator and Pusher: their inputs do not change between two identical runs.
+CACHEABLE = ("GlueExampleGen", "StatisticsGen", "GlueSchemaGen", "ExampleValidator", "DataGate", "Transform", "Trainer")
+
+SUBJECTS = ["The company", "The president", "Analysts", "The police", "Investors", "The court", "My father",
+            "The children", "Our school", "The government"]
+VERBS = ["said", "reported", "found", "thought", "heard", "told us", "decided", "noticed"]
+OBJECTS = ["sales rose five percent", "the river was cold", "the market fell", "the dog ran home",
+           "profit fell in the second quarter", "the answer was correct", "the city needs water",
+           "the old ship was ready", "the stock price went up", "the king left early"]
+TAILS = ["", "", " today", " yesterday", " last week", " in the morning", " after the war", " during the night"]
+
+# Sentence pairs for the serving checks: a paraphrase, unrelated sentences, one long enough to be truncated
+# at MAX_SEQ_LENGTH, words outside the vocabulary, upper case, quotes.
+QUERIES = [
+    ("The company said sales rose five percent today.", "Sales rose five percent, the company said."),
+    ("The dog ran home.", "Investors think the market fell in the second quarter."),
+    (" ".join(["the river was cold and the city needs water"] * 4) + ".", "The river was cold."),
+    ("Zyxwv qqq \"Blorf\" 1234!", "THE KING LEFT EARLY."),
+]
+
+
+def sentence(rng: random.Random) -> str:
+    return f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}{rng.choice(TAILS)}."
+
+
+def paraphrase(rng: random.Random, text: str) -> str:
+    """The same statement reworded: reported speech turned around, or a different time phrase."""
+    body = text.rstrip(".")
+    for verb in VERBS:
+        if f" {verb} " in body:
+            subject, rest = body.split(f" {verb} ", 1)
+            return f"{rest[0].upper()}{rest[1:]}, {subject[0].lower()}{subject[1:]} {verb}."
+    return text
+
+
+def write_mrpc(data_dir: str, rows: Dict[str, int], seed: int = 0) -> str:
+    """<data_dir>/MRPC/{train,dev}.tsv in the original format: BOM, header, label, two ids, two sentences.
+
+    Label 1 (paraphrase): sentence2 rewords sentence1; label 0: an unrelated sentence. Deterministic.
+    """
+    rng = random.Random(seed)
+    os.makedirs(os.path.join(data_dir, "MRPC"), exist_ok=True)
+    next_id = 1000
+    for file_name, count in rows.items():
+        lines = [MRPC_HEADER]
+        for i in range(count):
+            first = sentence(rng)
+            label = i % 2
+            second = paraphrase(rng, first) if label else sentence(rng)
+            lines.append(f"{label}\t{next_id}\t{next_id + 1}\t{first}\t{second}")
+            next_id += 2
+        with open(os.path.join(data_dir, "MRPC", file_name), "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(lines) + "\n")
+    return data_dir
+
+
+def run_main(argv: List[str]) -> str:
+    """pipeline.run.main(argv); returns what it printed (the summary table)."""
+    from pipeline import run
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run.main(argv)
+    return out.getvalue()
+
+
+class RunRecord:
+    """One pipeline run in ML Metadata: executions per node id, output artifacts per type name."""
+
+    def __init__(self, store, context, pipeline_name: str):
+        from ml_metadata.proto import metadata_store_pb2
+
+        self.executions = {}
+        for execution in store.get_executions_by_context(context.id):
+            nodes = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "node"]
+            assert len(nodes) == 1, nodes
+            self.executions[nodes[0].removeprefix(pipeline_name + ".")] = execution
+        self.states = {node: metadata_store_pb2.Execution.State.Name(e.last_known_state)
+                       for node, e in self.executions.items()}
+        types_by_id = {t.id: t.name for t in store.get_artifact_types()}
+        events = store.get_events_by_execution_ids([e.id for e in self.executions.values()])
+        self.outputs: Dict[str, list] = {}
+        for artifact in store.get_artifacts_by_id(
+                [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]):
+            self.outputs.setdefault(types_by_id[artifact.type_id], []).append(artifact)
+
+    def output(self, type_name: str):
+        artifacts = self.outputs.get(type_name, [])
+        assert len(artifacts) == 1, f"{len(artifacts)} {type_name} artifacts: {artifacts}"
+        return artifacts[0]
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    from ml_metadata import metadata_store
+    from tfx.orchestration import metadata
+
+    from pipeline import run
+    from pipeline.configs import PIPELINE_NAME
+    from pipeline.pipeline import create_pipeline, pipeline_name_for
+
+    root = tmp_path_factory.mktemp("e2e")
+    # initializer_range 0.2: outputs that depend on the input, so comparing two models' answers means something.
+    model_dir = write_tiny_bert(root / "tiny_bert", hidden_size=32, num_layers=2, initializer_range=0.2)
+    data_dir = write_mrpc(str(root / "glue"), {"train.tsv": TRAIN_ROWS, "dev.tsv": EVAL_ROWS})
+    serving_dir, metadata_path = str(root / "serving"), str(root / "metadata.sqlite")
+    argv = ["--task", TASK, "--model", model_dir, "--data_dir", data_dir, "--output_dir", str(root / "out"),
+            "--serving_dir", serving_dir, "--metadata_path", metadata_path, "--epochs", "2", "--batch_size", "16",
+            "--max_seq_length", str(MAX_SEQ_LENGTH), "--bottleneck_size", "8"]
+    first_summary = run_main(argv)
+    second_summary = run_main(argv)
+
+    args, _ = run.parse_args(argv)
+    pipeline_name = pipeline_name_for(TASK, PIPELINE_NAME)
+    pipeline = create_pipeline(pipeline_name=pipeline_name, pipeline_root=str(root / "unused"), data_dir=data_dir,
+                               serving_dir=serving_dir, config=run.training_config(args))
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.create_time_since_epoch)
+    assert len(runs) == 2, [c.name for c in runs]
+    return types.SimpleNamespace(
+        model_dir=model_dir, serving_dir=serving_dir, node_ids=[c.id for c in pipeline.components],
+        first=RunRecord(store, runs[0], pipeline_name), second=RunRecord(store, runs[1], pipeline_name),
+        first_summary=first_summary, second_summary=second_summary,
+    )
+
+
+@pytest.fixture(scope="module")
+def pushed(e2e: types.SimpleNamespace) -> str:
+    return e2e.first.output("PushedModel").custom_properties["pushed_destination"].string_value
+
+
+@pytest.fixture(scope="module")
+def serving_model(pushed: str):
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops of the Transform graph)
+
+    return tf.saved_model.load(pushed)
+
+
+@pytest.fixture(scope="module")
+def keras_probabilities(e2e: types.SimpleNamespace) -> np.ndarray:
+    """The trained model rebuilt from its adapter-only weights on the tiny backbone, on QUERIES."""
+    from modules.backbone import load_backbone, tokenizer_settings
+    from modules.model import INPUT_NAMES, build_from_adapter_config, load_adapter_weights, read_adapter_config
+    from modules.preprocessing import BertPairTokenizer
+
+    adapters = os.path.join(e2e.first.output("Model").uri, "adapters")
+    config = read_adapter_config(adapters)
+    assert (config["task"], config["model"], config["max_seq_length"]) == (TASK, e2e.model_dir, MAX_SEQ_LENGTH)
+    model = build_from_adapter_config(load_backbone(e2e.model_dir), config)
+    load_adapter_weights(model, adapters)
+    tokenizer = BertPairTokenizer(tokenizer_settings(e2e.model_dir), MAX_SEQ_LENGTH)
+    features = tokenizer(tf.constant([a for a, _ in QUERIES]), tf.constant([b for _, b in QUERIES]))
+    assert features["length"].numpy()[2] == MAX_SEQ_LENGTH  # the long pair was truncated
+    logits = model({name: features[name] for name in INPUT_NAMES}, training=False)
+    return tf.nn.softmax(logits, axis=-1).numpy()
+
+
+def serialized_examples(with_bookkeeping: bool) -> tf.Tensor:
+    """QUERIES as tf.Examples: just the two sentences, or also the label and index the Evaluator's examples carry."""
+    examples = []
+    for i, (first, second) in enumerate(QUERIES):
+        feature = {"sentence1": tf.train.Feature(bytes_list=tf.train.BytesList(value=[first.encode()])),
+                   "sentence2": tf.train.Feature(bytes_list=tf.train.BytesList(value=[second.encode()]))}
+        if with_bookkeeping:
+            feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2]))
+            feature["idx"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))
+        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return tf.constant(examples)
+
+
+# --- the run -----------------------------------------------------------------------------------------------
+
+
+def test_every_component_ran_and_completed(e2e: types.SimpleNamespace) -> None:
+    assert "Pusher" in e2e.node_ids and "Transform" in e2e.node_ids
+    assert e2e.first.states == {node: "COMPLETE" for node in e2e.node_ids}
+
+
+def test_evaluator_reports_the_task_metrics_on_the_whole_eval_split(e2e: types.SimpleNamespace) -> None:
+    from modules.glue import get_task
+    from modules.metrics import overall_metrics
+
+    evaluation = e2e.first.output("ModelEvaluation")
+    metrics = overall_metrics(evaluation.uri)  # no baseline in a first run: metrics under the model name ""
+    assert set(metrics) == {*get_task(TASK).metrics, "example_count"}
+    assert metrics["example_count"] == EVAL_ROWS
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1"] <= 1.0
+
+
+def test_model_is_blessed_and_pushed_to_a_new_version_directory(e2e: types.SimpleNamespace, pushed: str) -> None:
+    blessing = e2e.first.output("ModelBlessing")
+    assert blessing.custom_properties["blessed"].int_value == 1
+    assert os.path.isfile(os.path.join(blessing.uri, "BLESSED"))
+    assert e2e.first.output("PushedModel").custom_properties["pushed"].int_value == 1
+    parent, version = os.path.split(pushed.rstrip("/"))
+    assert parent == os.path.join(e2e.serving_dir, TASK) and version.isdigit()
+    assert os.path.isfile(os.path.join(pushed, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(pushed, "variables"))
+
+
+def test_summary_table_reports_task_metrics_blessing_destination_and_time_per_component(
+        e2e: types.SimpleNamespace, pushed: str) -> None:
+    from modules.metrics import overall_metrics
+
+    summary = e2e.first_summary
+    assert re.search(rf"^task:\s+{TASK}$", summary, re.M)
+    metrics = overall_metrics(e2e.first.output("ModelEvaluation").uri)
+    eval_line = re.search(r"^eval:\s+(.*)$", summary, re.M).group(1)
+    for name in ("f1", "accuracy"):
+        assert f"{name} {metrics[name]:.4f}" in eval_line
+    assert re.search(r"^blessed:\s+yes$", summary, re.M)
+    assert re.search(rf"^pushed to:\s+{re.escape(pushed)}$", summary, re.M)
+    for node in e2e.node_ids:
+        assert re.search(rf"^{re.escape(node)}\s+COMPLETE\s+\d+\.\d s$", summary, re.M), f"no time line for {node}"
+    assert re.search(r"^wall time:\s+\d+\.\d s$", summary, re.M)
+
+
+def test_rerun_of_the_same_command_reuses_every_upstream_output(e2e: types.SimpleNamespace) -> None:
+    assert set(e2e.second.states) == set(e2e.node_ids)
+    assert {node: e2e.second.states[node] for node in CACHEABLE} == {node: "CACHED" for node in CACHEABLE}
+    # Same artifacts as the first run, not copies.
+    assert e2e.second.output("Model").id == e2e.first.output("Model").id
+    for node in CACHEABLE:
+        assert re.search(rf"^{node}\s+CACHED\s", e2e.second_summary, re.M)
+    # The Evaluator reran, now against the first run's blessed model (itself), and the summary still has its metrics.
+    assert e2e.second.states["Evaluator_eval"] == "COMPLETE"
+    assert re.search(r"^eval:\s+f1 \d\.\d{4}, accuracy \d\.\d{4}", e2e.second_summary, re.M)
+    assert re.search(r"^blessed:\s+yes$", e2e.second_summary, re.M)
+
+
+# --- the pushed model --------------------------------------------------------------------------------------
+
+
+def test_predict_text_answers_sentence_pairs_with_probabilities_and_their_argmax(serving_model) -> None:
+    outputs = serving_model.signatures["predict_text"](
+        sentence1=tf.constant([a for a, _ in QUERIES]), sentence2=tf.constant([b for _, b in QUERIES]))
+    probabilities, labels = outputs["probabilities"].numpy(), outputs["label"].numpy()
+    assert probabilities.shape == (len(QUERIES), 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert (probabilities >= 0).all()
+    np.testing.assert_array_equal(labels, probabilities.argmax(axis=1))
+
+
+def test_predict_text_equals_the_keras_model_rebuilt_from_the_adapter_weights(
+        serving_model, keras_probabilities: np.ndarray) -> None:
+    outputs = serving_model.signatures["predict_text"](
+        sentence1=tf.constant([a for a, _ in QUERIES]), sentence2=tf.constant([b for _, b in QUERIES]))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), keras_probabilities, rtol=0, atol=1e-5)
+    # Not vacuous: the answers differ between the inputs far more than the tolerance.
+    assert np.ptp(keras_probabilities[:, 1]) > 1e-3
+
+
+@pytest.mark.parametrize("with_bookkeeping", [False, True], ids=["sentences_only", "with_label_and_idx"])
+def test_serving_default_on_tf_examples_equals_the_keras_model(
+        serving_model, keras_probabilities: np.ndarray, with_bookkeeping: bool) -> None:
+    outputs = serving_model.signatures["serving_default"](examples=serialized_examples(with_bookkeeping))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), keras_probabilities, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(outputs["label"].numpy(), keras_probabilities.argmax(axis=1))
