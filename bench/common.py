@@ -1,0 +1,134 @@
+"""Shared helpers of the benchmarks: machine state, timing, medians, JSON results.
+
+The machine these run on is small (2 cores) and often shared, so every benchmark compares its variants
+inside one process, interleaves repeats (A, B, A, B, ...) and reports medians and ratios. The machine
+state (load average, busiest other processes) is recorded at the start and the end of each run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO_ROOT, "bench", "results")
+GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cpu_flags() -> List[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def machine_state() -> Dict[str, Any]:
+    """Load average and the busiest processes other than this one (the machine is shared)."""
+    state: Dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg": list(os.getloadavg())}
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True,
+                             timeout=10).stdout.splitlines()[1:]
+        others = []
+        for line in out:
+            pid, pcpu, etime, args = line.split(None, 3)
+            if int(pid) == os.getpid() or float(pcpu) < 5.0:
+                continue
+            others.append({"pid": int(pid), "cpu_percent": float(pcpu), "etime": etime, "command": args[:120]})
+        state["busy_processes"] = others[:6]
+    except Exception as e:  # ps missing or odd output: the state is informative only
+        state["busy_processes_error"] = repr(e)
+    return state
+
+
+def machine_info() -> Dict[str, Any]:
+    import tensorflow as tf
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_flags": _cpu_flags(),
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "TF_USE_LEGACY_KERAS": os.environ.get("TF_USE_LEGACY_KERAS"),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def command() -> str:
+    return "python -m " + (sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None)
+                           else sys.argv[0]) + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleave(variants: Dict[str, Callable[[], float]], repeats: int, log: Callable[[str], None] = print) -> Dict[str, List[float]]:
+    """Runs each variant's measurement `repeats` times in turn (A, B, A, B, ...); returns every value."""
+    values: Dict[str, List[float]] = {name: [] for name in variants}
+    for r in range(repeats):
+        for name, measure in variants.items():
+            value = measure()
+            values[name].append(value)
+            log(f"  repeat {r + 1}/{repeats} {name}: {value:.2f}")
+    return values
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def write_results(name: str, results: Dict[str, Any], started: Dict[str, Any]) -> str:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "command": command(),
+        "machine": machine_info(),
+        "machine_state_start": started,
+        "machine_state_end": machine_state(),
+        "note": "Shared 2-core machine: variants are interleaved in one process; compare medians and ratios, "
+                "not absolute figures across runs.",
+        **results,
+    }
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False, default=float)
+        f.write("\n")
+    print(f"wrote {os.path.relpath(path, REPO_ROOT)}")
+    return path

@@ -1,0 +1,147 @@
+"""Serving latency of the raw-text signature: adapter model vs the plain backbone with the same head.
+
+    python -m bench.serving_latency [--calls 40] [--batch-repeats 3]
+
+trainer.export_serving_model needs a TFTransformOutput (the Transform stage's artifact), which this
+benchmark does not have, so it exports an EQUIVALENT tf.Module: the Transform tokenizer
+(modules.preprocessing.BertPairTokenizer, MiniLM vocabulary, max_seq_length 128, fixed padding as the
+Transform output has) + the model + trainer.predict_outputs, under a `predict_text(sentence1, sentence2)`
+signature like ServingModule.text_signature. Both SavedModels are reloaded with tf.saved_model.load and
+called through the signature in-process (no TF Serving binary on these machines).
+
+  adapter: AdapterBertClassifier (Houlsby adapters, bottleneck 64)
+  plain:   AdapterBertClassifier(full_finetune=True): the same backbone and head, no adapters
+
+Batch 1: `--calls` calls per model on MRPC dev sentence pairs, the two models alternating call by call;
+median and p95 latency. Batch 32: `--batch-repeats` interleaved measurements of 5 calls; examples/s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def export(model, tokenizer_settings, directory: str) -> None:
+    import tensorflow as tf
+    from modules import trainer
+    from modules.glue import get_task
+    from modules.model import INPUT_NAMES
+    from modules.preprocessing import BertPairTokenizer
+
+    task = get_task("mrpc")
+
+    class TextServing(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.tokenizer = BertPairTokenizer(tokenizer_settings, 128)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentence1"),
+                                      tf.TensorSpec([None], tf.string, name="sentence2")])
+        def predict_text(self, sentence1, sentence2):
+            features = self.tokenizer(sentence1, sentence2)
+            return trainer.predict_outputs(task, self.model({k: features[k] for k in INPUT_NAMES}, training=False))
+
+    module = TextServing()
+    tf.saved_model.save(module, directory, signatures={trainer.TEXT_SIGNATURE: module.predict_text.get_concrete_function()})
+
+
+def pairs(n: int):
+    from bench import common
+
+    path = os.path.join(common.GLUE_DIR, "MRPC", "dev.tsv")
+    if os.path.isfile(path):
+        from components.glue_example_gen.executor import read_glue_tsv
+        from modules.glue import get_task
+
+        rows = [(e.features.feature["sentence1"].bytes_list.value[0], e.features.feature["sentence2"].bytes_list.value[0])
+                for e in read_glue_tsv(path, get_task("mrpc"), labeled=True)]
+        source = path
+    else:
+        rows = [(b"The company said its profit rose sharply in the third quarter.",
+                 b"Third-quarter profit rose sharply, the company said.")]
+        source = "built-in sentence pair (MRPC dev not found)"
+    return (rows * (1 + n // len(rows)))[:n], source
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=40, help="batch-1 calls per model")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="interleaved batch-32 measurements")
+    args = parser.parse_args()
+    from bench import common
+
+    started = common.machine_state()
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the tokenizer's custom ops, needed to load the SavedModels)
+    from modules import backbone, trainer
+    from modules.adapters import AdapterConfig
+    from modules.model import AdapterBertClassifier
+
+    settings = backbone.tokenizer_settings(backbone.resolve_model_dir("minilm"))
+    scratch = tempfile.mkdtemp(prefix="bench-serving-")
+    signatures = {}
+    for name, full in (("adapter", False), ("plain", True)):
+        model = AdapterBertClassifier(backbone.load_backbone("minilm"), 2, AdapterConfig(), full_finetune=full)
+        if name == "plain":  # the same head weights as the adapter model
+            model.classifier.set_weights(adapter_head)
+        else:
+            adapter_head = model.classifier.get_weights()
+        export(model, settings, os.path.join(scratch, name))
+        signatures[name] = tf.saved_model.load(os.path.join(scratch, name)).signatures[trainer.TEXT_SIGNATURE]
+
+    data, source = pairs(max(args.calls, 32 * 5))
+    one = [(tf.constant([a]), tf.constant([b])) for a, b in data[:args.calls]]
+    batches = [(tf.constant([a for a, _ in data[i:i + 32]]), tf.constant([b for _, b in data[i:i + 32]]))
+               for i in range(0, 32 * 5, 32)]
+    for sig in signatures.values():  # warm-up
+        for a, b in one[:3] + batches[:1]:
+            sig(sentence1=a, sentence2=b)["probabilities"].numpy()
+
+    latency = {name: [] for name in signatures}
+    for a, b in one:
+        for name, sig in signatures.items():
+            start = time.perf_counter()
+            sig(sentence1=a, sentence2=b)["probabilities"].numpy()
+            latency[name].append(1000 * (time.perf_counter() - start))
+
+    def batch_rate(sig) -> float:
+        start = time.perf_counter()
+        for a, b in batches:
+            sig(sentence1=a, sentence2=b)["probabilities"].numpy()
+        return 32 * len(batches) / (time.perf_counter() - start)
+
+    throughput = common.interleave({n: (lambda s=s: batch_rate(s)) for n, s in signatures.items()}, args.batch_repeats)
+    stats = {n: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)), "calls": len(v)}
+             for n, v in latency.items()}
+    tput = {n: {"values": v, "median": common.median(v)} for n, v in throughput.items()}
+    ratios = {"batch1 median latency adapter/plain": stats["adapter"]["median_ms"] / stats["plain"]["median_ms"],
+              "batch1 p95 latency adapter/plain": stats["adapter"]["p95_ms"] / stats["plain"]["p95_ms"],
+              "batch32 throughput adapter/plain": tput["adapter"]["median"] / tput["plain"]["median"]}
+    targets = {"batch 1 within 5%": ratios["batch1 median latency adapter/plain"] <= 1.05,
+               "batch 32 within 5%": ratios["batch32 throughput adapter/plain"] >= 1 / 1.05}
+    print()
+    table = common.print_table(["model", "b1 median ms", "b1 p95 ms", "b32 ex/s (median)"],
+                               [[n, stats[n]["median_ms"], stats[n]["p95_ms"], tput[n]["median"]] for n in signatures])
+    print()
+    common.print_table(["ratio", "value"], [[k, v] for k, v in ratios.items()])
+    print("targets:", targets)
+    common.write_results("serving_latency", {
+        "settings": {"export": "equivalent tf.Module (BertPairTokenizer + model + trainer.predict_outputs), "
+                               "signature predict_text; not trainer.export_serving_model (needs a TFT output)",
+                     "max_seq_length": 128, "padding": "fixed 128 (as the Transform output)", "data": source,
+                     "batch1_calls_per_model": args.calls, "batch32_repeats": args.batch_repeats,
+                     "batch32_calls_per_measurement": len(batches)},
+        "batch1_latency": {**stats, "values_ms": latency}, "batch32_examples_per_second": tput,
+        "ratios": ratios, "targets": targets, "table": table,
+    }, started)
+
+
+if __name__ == "__main__":
+    main()

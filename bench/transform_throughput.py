@@ -1,0 +1,78 @@
+"""Tokenisation throughput of the Transform stage's tokenizer (modules.preprocessing.BertPairTokenizer).
+
+    python -m bench.transform_throughput [--examples 10240] [--repeats 3]
+
+Real SST-2 train sentences (GLUE_DIR or ../shared/glue/SST-2/train.tsv, read with the GlueExampleGen reader),
+MiniLM's vocabulary, max_seq_length 128, single-sentence mode as for SST-2, inside a tf.function. Batch
+sizes 256 and 64 are interleaved; examples/s is the median over repeats of tokenising `--examples`
+sentences. This is the TF graph alone: the Transform component adds Beam/TFT overhead on top.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=10240, help="sentences per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from bench import common
+
+    path = os.path.join(common.GLUE_DIR, "SST-2", "train.tsv")
+    if not os.path.isfile(path):
+        print(f"SKIPPED: {path} not found (set GLUE_DIR to the directory holding SST-2/).")
+        sys.exit(0)
+    started = common.machine_state()
+    import numpy as np
+    import tensorflow as tf
+    from components.glue_example_gen.executor import read_glue_tsv
+    from modules import backbone
+    from modules.glue import FEATURE_TEXT_A, get_task
+    from modules.preprocessing import BertPairTokenizer
+
+    sentences = [e.features.feature[FEATURE_TEXT_A].bytes_list.value[0]
+                 for e in read_glue_tsv(path, get_task("sst2"), labeled=True)]
+    sentences = (sentences * (1 + args.examples // len(sentences)))[:args.examples]
+    tokenizer = BertPairTokenizer(backbone.tokenizer_settings(backbone.resolve_model_dir("minilm")), 128)
+    tokenize = tf.function(lambda texts: tokenizer(texts), input_signature=[tf.TensorSpec([None], tf.string)])
+    lengths = []
+
+    def make(batch_size: int):
+        batches = [tf.constant(sentences[i:i + batch_size]) for i in range(0, len(sentences), batch_size)]
+
+        def measure() -> float:
+            start = time.perf_counter()
+            for batch in batches:
+                out = tokenize(batch)
+            out["input_ids"].numpy()
+            return len(sentences) / (time.perf_counter() - start)
+
+        return measure
+
+    variants = {"batch 256": make(256), "batch 64": make(64)}
+    for measure in variants.values():  # trace + warm up
+        measure()
+    lengths = np.concatenate([tokenize(tf.constant(sentences[i:i + 1024]))["length"].numpy()
+                              for i in range(0, len(sentences), 1024)])
+    values = common.interleave(variants, args.repeats)
+    med = {k: common.median(v) for k, v in values.items()}
+    print()
+    table = common.print_table(["variant", "median ex/s", "min", "max"],
+                               [[k, med[k], min(v), max(v)] for k, v in values.items()])
+    common.write_results("transform_throughput", {
+        "settings": {"data": path, "sentences_per_measurement": len(sentences), "repeats": args.repeats,
+                     "max_seq_length": 128, "backbone_vocab": "minilm", "mode": "single sentence (SST-2)"},
+        "token_length": {"mean": float(lengths.mean()), "p50": float(np.median(lengths)), "max": int(lengths.max())},
+        "examples_per_second": {k: {"values": v, "median": med[k]} for k, v in values.items()}, "table": table,
+    }, started)
+
+
+if __name__ == "__main__":
+    main()
