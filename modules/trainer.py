@@ -9,11 +9,21 @@ decay schedule, logs per-epoch loss, GLUE metrics and examples/s to the console 
   <serving_model_dir>/../adapters/    the adapter-only weights and their JSON config
 Outputs are "probabilities" [batch, num_labels] and "label" [batch] for classification, "score" [batch]
 for regression.
+
+More than one machine: training runs under the tf.distribute strategy `TrainingConfig.distribution` names
+("auto": MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster of more than one task, as Vertex AI,
+Kubeflow's TFJob and other launchers set it on every worker; else the default one-device strategy). The
+model is built and compiled inside the strategy's scope; every worker reads the same example order and keeps
+its own part of each global batch of `batch_size` examples (data sharding), so a step on N workers is the
+step one worker would take on the whole batch. Only the chief writes the model artifact.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -87,7 +97,11 @@ def make_dataset(
         length = tf.reduce_max(features[LENGTH_FEATURE]) if bucketing else max_seq_length
         return {name: features[name][:, :length] for name in INPUT_NAMES}, features[FEATURE_LABEL]
 
-    return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # Under a multi-worker strategy every worker reads all files in the same order and keeps its own part of
+    # each global batch (auto-sharding by files would give workers different examples and step counts).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def _count(dataset: tf.data.Dataset) -> int:
@@ -156,6 +170,30 @@ class ProgressLogger(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
+    """The strategy named by TrainingConfig.distribution ("auto", "default" or "multi_worker").
+
+    Create it before any other TensorFlow op of the process: MultiWorkerMirroredStrategy configures the
+    collective ops of the runtime, which is only possible at start-up.
+    """
+    if distribution == "auto":
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        distribution = "multi_worker" if sum(len(tasks) for tasks in cluster.values()) > 1 else "default"
+    if distribution == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the artifacts: the "chief" task, else worker 0 of a cluster without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
 def build_model(config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:
     bert = backbone_lib.load_backbone(config.model)
     max_positions = bert.config.max_position_embeddings
@@ -181,8 +219,11 @@ def train(
     eval_files: List[str],
     feature_spec: Dict,
     log_dir: str,
+    strategy: Optional[tf.distribute.Strategy] = None,
 ) -> Tuple[AdapterBertClassifier, List[Dict[str, float]]]:
-    """Builds and trains the model; returns it and the per-epoch records."""
+    """Builds and trains the model under `strategy` (default: the one config.distribution names); returns it
+    and the per-epoch records. `batch_size` is the global batch, split among the workers of the strategy."""
+    strategy = strategy or distribution_strategy(config.distribution)
     task = get_task(config.task)
     keras.utils.set_random_seed(config.seed)
     train_data = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
@@ -193,15 +234,22 @@ def train(
     if num_examples == 0:
         raise ValueError(f"No training examples in {train_files}.")
     steps_per_epoch = _count(train_data)
-    model = build_model(config, task)
-    compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
+    with strategy.scope():  # variables are created mirrored (and initialised alike) on every worker
+        model = build_model(config, task)
+        compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     total = trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
     logging.info("training %s on %d examples (%d steps/epoch, %d epochs): %d of %d parameters trainable (%.2f%%)",
                  task.name, num_examples, steps_per_epoch, config.epochs, trainable, total, 100 * trainable / total)
-    progress = ProgressLogger(task, eval_data, num_examples, config.epochs, log_dir, config.batch_size)
-    model.fit(train_data, epochs=config.epochs, verbose=0,
-              callbacks=[progress, keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
+    chief = is_chief(strategy)
+    progress_dir = log_dir if chief else tempfile.mkdtemp(prefix="glue-worker-")  # one set of event files
+    progress = ProgressLogger(task, eval_data, num_examples, config.epochs, progress_dir, config.batch_size)
+    try:  # Keras' TensorBoard callback redirects the other workers' logs itself
+        model.fit(train_data, epochs=config.epochs, verbose=0,
+                  callbacks=[progress, keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
+    finally:
+        if not chief:
+            shutil.rmtree(progress_dir, ignore_errors=True)
     return model, progress.history
 
 
@@ -256,10 +304,17 @@ def adapters_dir(serving_model_dir: str) -> str:
 def run_fn(fn_args: FnArgs) -> None:
     """Entry point of the TFX Trainer component."""
     config = TrainingConfig.from_dict(fn_args.custom_config or {})
+    strategy = distribution_strategy(config.distribution)  # first: before any other TensorFlow op
     task = get_task(config.task)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     feature_spec = tf_transform_output.transformed_feature_spec()
-    model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir)
+    model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir, strategy)
+    if not is_chief(strategy):
+        # Every worker takes part in saving (reading distributed variables can be a collective op); only the
+        # chief's copy is kept.
+        with tempfile.TemporaryDirectory(prefix="serving-worker-") as scratch:
+            export_serving_model(model, tf_transform_output, task, scratch)
+        return
     export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir)
     if not config.full_finetune:
         save_adapter_weights(model, adapters_dir(fn_args.serving_model_dir),

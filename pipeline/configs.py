@@ -18,6 +18,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the GLUE data of a machine of this project lives, unless --data_dir says otherwise.
 DEFAULT_DATA_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
 DEFAULT_OUTPUT_DIR = os.path.join(REPO_ROOT, "outputs")
+DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,9 @@ class TrainingConfig:
     weight_decay: float = 0.01
     seed: int = 42
     bucketing: bool = True
+    # tf.distribute strategy of the Trainer: "auto" = MultiWorkerMirroredStrategy when TF_CONFIG describes a
+    # cluster of more than one task, else the default (one-device) strategy; or one of them explicitly.
+    distribution: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", get_task(self.task).name)
@@ -54,6 +58,8 @@ class TrainingConfig:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
         if self.weight_decay < 0:
             raise ValueError(f"--weight_decay must be >= 0, got {self.weight_decay!r}.")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}.")
         self.adapter_config()  # validates bottleneck size, non-linearity and placement
 
     def adapter_config(self) -> AdapterConfig:
