@@ -170,16 +170,21 @@ class ProgressLogger(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def resolve_distribution(distribution: str = "auto") -> str:
+    """"default" or "multi_worker": TrainingConfig.distribution, with "auto" decided by TF_CONFIG's cluster."""
+    if distribution != "auto":
+        return distribution
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return "multi_worker" if sum(len(tasks) for tasks in cluster.values()) > 1 else "default"
+
+
 def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
     """The strategy named by TrainingConfig.distribution ("auto", "default" or "multi_worker").
 
     Create it before any other TensorFlow op of the process: MultiWorkerMirroredStrategy configures the
     collective ops of the runtime, which is only possible at start-up.
     """
-    if distribution == "auto":
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-        distribution = "multi_worker" if sum(len(tasks) for tasks in cluster.values()) > 1 else "default"
-    if distribution == "multi_worker":
+    if resolve_distribution(distribution) == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -309,13 +314,15 @@ def run_fn(fn_args: FnArgs) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     feature_spec = tf_transform_output.transformed_feature_spec()
     model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir, strategy)
-    if not is_chief(strategy):
+    if is_chief(strategy):
+        export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir)
+        if not config.full_finetune:
+            save_adapter_weights(model, adapters_dir(fn_args.serving_model_dir),
+                                 extra={"task": task.name, "model": config.model, "max_seq_length": config.max_seq_length})
+    else:
         # Every worker takes part in saving (reading distributed variables can be a collective op); only the
         # chief's copy is kept.
         with tempfile.TemporaryDirectory(prefix="serving-worker-") as scratch:
             export_serving_model(model, tf_transform_output, task, scratch)
-        return
-    export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir)
-    if not config.full_finetune:
-        save_adapter_weights(model, adapters_dir(fn_args.serving_model_dir),
-                             extra={"task": task.name, "model": config.model, "max_seq_length": config.max_seq_length})
+    if strategy.num_replicas_in_sync > 1:  # no worker leaves (and drops out of the cluster) before all are done
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)

@@ -8,6 +8,8 @@ MultiWorkerMirroredStrategy with two worker processes talking over 127.0.0.1.
   - `modules.trainer.run_fn` started in two processes with TF_CONFIG (2 workers) trains to the same weights
     as one process on the same global batches in the same order; each worker's part of a global batch is
     its own half; only the chief writes the model artifact.
+  - The strategy is chosen by TrainingConfig.distribution and TF_CONFIG; the chief is the "chief" task,
+    else worker 0.
 
 Both use a tiny random BERT (tests/tiny_bert.py, dropout off) and a small MRPC-format sample written here.
 This file is also the worker program: `python tests/test_distributed.py <job.json>`.
@@ -194,6 +196,47 @@ def test_data_stages_on_two_beam_worker_processes_match_one_worker(workspace, si
 
 
 # --- training on two workers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distribution, tf_config, expected", [
+    ("auto", None, "default"),
+    ("auto", {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, "default"),
+    ("auto", {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, "multi_worker"),
+    ("auto", {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}, "multi_worker"),
+    ("default", {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, "default"),
+    ("multi_worker", None, "multi_worker"),
+])
+def test_distribution_is_chosen_by_config_and_tf_config(monkeypatch, distribution, tf_config, expected):
+    from modules.trainer import resolve_distribution
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert resolve_distribution(distribution) == expected
+
+
+def test_chief_is_the_chief_task_else_worker_zero():
+    import types
+
+    import tensorflow as tf
+
+    from modules.trainer import is_chief
+    from pipeline.configs import TrainingConfig
+
+    def strategy(cluster, task_type, task_id):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    workers = {"worker": ["a:1", "b:1"]}
+    with_chief = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
+    assert is_chief(tf.distribute.get_strategy())
+    assert [is_chief(strategy(workers, "worker", i)) for i in (0, 1)] == [True, False]
+    assert is_chief(strategy(with_chief, "chief", 0))
+    assert [is_chief(strategy(with_chief, "worker", i)) for i in (0, 1)] == [False, False]
+    with pytest.raises(ValueError, match="--distribution must be one of"):
+        TrainingConfig(distribution="mirrored")
 
 
 def worker_main(job_file: str) -> None:
