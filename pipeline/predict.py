@@ -237,6 +237,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     protocol = parser.add_mutually_exclusive_group()
     protocol.add_argument("--rest", dest="grpc", action="store_false", help="REST API (the default)")
     protocol.add_argument("--grpc", dest="grpc", action="store_true", help="gRPC PredictionService")
+    parser.set_defaults(grpc=False)  # REST unless --grpc (store_false alone would default to True)
     parser.add_argument("--server", help=f"host:port (default localhost:{REST_PORT} for REST, localhost:{GRPC_PORT} for gRPC)")
     parser.add_argument("--model_name", required=True, help="the model's name in TF Serving (MODEL_NAME / models.config)")
     parser.add_argument("--task", required=True, help="GLUE task: gives the inputs to send and the label names")
@@ -289,4 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
     main()

@@ -257,6 +257,15 @@ def test_client_checks_inputs_and_reads_errors():
     assert predict.rest_url("https://h:1/", "m", 3) == "https://h:1/v1/models/m/versions/3:predict"
 
 
+def test_cli_defaults_to_rest_on_8501():
+    base = ["--model_name", "mrpc", "--task", "mrpc", "--sentence1", "a", "--sentence2", "b"]
+    assert predict.parse_args(base).grpc is False
+    assert predict.parse_args(["--rest"] + base).grpc is False
+    assert predict.parse_args(["--grpc"] + base).grpc is True
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--rest", "--grpc"] + base)
+
+
 def test_read_tsv_takes_glue_files(tmp_path):
     mrpc = tmp_path / "dev.tsv"
     mrpc.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA b.\tC d.\n0\t3\t4\tE.\tF.\n",
@@ -358,7 +367,7 @@ def test_cli_over_rest(pushed, rest_server, tmp_path):
     expected = direct(pushed["loaded"], s1, s2)
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("sentence1\tsentence2\n" + "".join(f"{a}\t{b}\n" for a, b in PAIRS), encoding="utf-8")
-    command = [sys.executable, "-m", "pipeline.predict", "--rest", "--server", rest_server, "--model_name", "mrpc",
+    command = [sys.executable, "-m", "pipeline.predict", "--server", rest_server, "--model_name", "mrpc",  # REST: the default
                "--task", "mrpc", "--tsv", str(tsv), "--batch_size", "2", "--json"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
