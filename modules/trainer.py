@@ -238,7 +238,9 @@ def train(
     num_examples = _count(_read_transformed(train_files, feature_spec))
     if num_examples == 0:
         raise ValueError(f"No training examples in {train_files}.")
-    steps_per_epoch = _count(train_data)
+    steps_per_epoch = _count(train_data)  # fixed per epoch: shuffling moves no example to another bucket
+    # Known length: Keras then stops each epoch on its last batch instead of stepping once more into the end.
+    train_data = train_data.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     with strategy.scope():  # variables are created mirrored (and initialised alike) on every worker
         model = build_model(config, task)
         compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
@@ -270,6 +272,8 @@ class ServingModule(tf.Module):
             name: spec for name, spec in tf_transform_output.raw_feature_spec().items()
             if name in (FEATURE_TEXT_A, FEATURE_TEXT_B)
         }
+        if task.text_b is None:  # single-sentence tasks: clients need not send the empty second sentence
+            self.raw_feature_spec[FEATURE_TEXT_B] = tf.io.FixedLenFeature([], tf.string, default_value="")
 
     def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         transformed = self.tft_layer(raw_features)

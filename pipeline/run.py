@@ -177,7 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not args.verbose:
         std_logging.getLogger("absl").addFilter(ProgressFilter())
     start = time.time()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    except Exception as e:  # a component failed; its message says what and where (--verbose: the full log)
+        sys.exit(f"error: the pipeline stopped: {type(e).__name__}: {e}")
     print_summary(config.task, metadata_path, name, time.time() - start)
 
 
