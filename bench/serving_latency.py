@@ -86,13 +86,13 @@ def main() -> None:
 
     settings = backbone.tokenizer_settings(backbone.resolve_model_dir("minilm"))
     scratch = tempfile.mkdtemp(prefix="bench-serving-")
-    signatures = {}
+    signatures, adapter_head = {}, None
     for name, full in (("adapter", False), ("plain", True)):
         model = AdapterBertClassifier(backbone.load_backbone("minilm"), 2, AdapterConfig(), full_finetune=full)
-        if name == "plain":  # the same head weights as the adapter model
-            model.classifier.set_weights(adapter_head)
-        else:
+        if adapter_head is None:
             adapter_head = model.classifier.get_weights()
+        else:  # the plain model gets the same head weights as the adapter model
+            model.classifier.set_weights(adapter_head)
         export(model, settings, os.path.join(scratch, name))
         signatures[name] = tf.saved_model.load(os.path.join(scratch, name)).signatures[trainer.TEXT_SIGNATURE]
 

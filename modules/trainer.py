@@ -20,7 +20,6 @@ step one worker would take on the whole batch. Only the chief writes the model a
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile

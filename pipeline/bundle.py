@@ -91,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         print(f"{task:<8}{inputs:<22}{entry['trained_parameters']:>12,}  {origin}")
     print("-" * 78)
     print(f"backbone:  {info['backbone']['model']} ({info['backbone_parameters']:,} parameters, stored once)")
-    print(f"generic:   signature 'predict' / 'serving_default' (task, sentence1, sentence2)")
+    print("generic:   signature 'predict' / 'serving_default' (task, sentence1, sentence2)")
     size = _size(result.path)
     line = f"bundle:    {result.path} ({_mb(size)})"
     if len(single_sizes) == len(info["tasks"]):

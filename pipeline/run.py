@@ -96,46 +96,26 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> co
     return config
 
 
-def _latest_run(store, pipeline_name: str):
-    """The newest pipeline_run context of this pipeline in ML Metadata."""
-    runs = [c for c in store.get_contexts_by_type("pipeline_run")
-            if any(p.name == pipeline_name for p in store.get_parent_contexts_by_context(c.id))]
-    return max(runs, key=lambda c: c.create_time_since_epoch)
-
-
 def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_seconds: float) -> None:
     """Per-component state and wall time of the latest run and what it produced, read from ML Metadata."""
-    from ml_metadata import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-    from tfx.orchestration import metadata
-
     from modules.metrics import overall_metrics
+    from pipeline.runs import pipeline_runs
 
-    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
-    executions = sorted(store.get_executions_by_context(_latest_run(store, pipeline_name).id),
-                        key=lambda e: e.create_time_since_epoch)
+    run = pipeline_runs(metadata_path, pipeline_name)[-1]
     print("\n" + "=" * 78)
     print(f"{'component':<34}{'state':<12}{'wall time':>12}")
-    for execution in executions:
-        node = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "node"]
-        seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
-        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-        print(f"{node[0].split('.', 1)[-1] if node else execution.name:<34}{state:<12}{seconds:>10.1f} s")
-    events = store.get_events_by_execution_ids([e.id for e in executions])
-    outputs = store.get_artifacts_by_id([e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])
-    kinds = {t.id: t.name for t in store.get_artifact_types()}
+    for node, state in run.states.items():
+        print(f"{node:<34}{state:<12}{run.seconds[node]:>10.1f} s")
     lines = [f"task:      {task}"]
-    for artifact in outputs:
-        kind, props = kinds[artifact.type_id], artifact.custom_properties
-        if kind == "ModelEvaluation":
-            values = overall_metrics(artifact.uri) or overall_metrics(artifact.uri, model_name="candidate")
-            split = artifact.uri.rstrip("/").split("/")[-3].replace("Evaluator_", "")
-            lines.append(f"{split + ':':<11}" + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-        elif kind == "ModelBlessing":
-            lines.append(f"blessed:   {'yes' if props['blessed'].int_value else 'no'}")
-        elif kind == "PushedModel":
-            pushed = props["pushed"].int_value
-            lines.append(f"pushed to: {props['pushed_destination'].string_value if pushed else 'not pushed'}")
+    for evaluation in run.outputs.get("ModelEvaluation", []):
+        values = overall_metrics(evaluation.uri) or overall_metrics(evaluation.uri, model_name="candidate")
+        split = evaluation.uri.rstrip("/").split("/")[-3].replace("Evaluator_", "")
+        lines.append(f"{split + ':':<11}" + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    for blessing in run.outputs.get("ModelBlessing", []):
+        lines.append(f"blessed:   {'yes' if blessing.custom_properties['blessed'].int_value else 'no'}")
+    for pushed in run.outputs.get("PushedModel", []):
+        props = pushed.custom_properties
+        lines.append(f"pushed to: {props['pushed_destination'].string_value if props['pushed'].int_value else 'not pushed'}")
     print("-" * 78)
     print("\n".join(lines + [f"wall time: {wall_seconds:.1f} s"]))
     print("=" * 78)

@@ -1,6 +1,5 @@
 """GLUE metrics agree with scikit-learn/SciPy, both as plain numpy and through TFMA's real evaluation."""
 import dataclasses
-import os
 from typing import Callable, Dict, List
 
 import numpy as np

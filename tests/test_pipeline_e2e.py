@@ -95,40 +95,12 @@ def run_main(argv: List[str]) -> str:
     return out.getvalue()
 
 
-class RunRecord:
-    """One pipeline run in ML Metadata: executions per node id, output artifacts per type name."""
-
-    def __init__(self, store, context, pipeline_name: str):
-        from ml_metadata.proto import metadata_store_pb2
-
-        self.executions = {}
-        for execution in store.get_executions_by_context(context.id):
-            nodes = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "node"]
-            assert len(nodes) == 1, nodes
-            self.executions[nodes[0].removeprefix(pipeline_name + ".")] = execution
-        self.states = {node: metadata_store_pb2.Execution.State.Name(e.last_known_state)
-                       for node, e in self.executions.items()}
-        types_by_id = {t.id: t.name for t in store.get_artifact_types()}
-        events = store.get_events_by_execution_ids([e.id for e in self.executions.values()])
-        self.outputs: Dict[str, list] = {}
-        for artifact in store.get_artifacts_by_id(
-                [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]):
-            self.outputs.setdefault(types_by_id[artifact.type_id], []).append(artifact)
-
-    def output(self, type_name: str):
-        artifacts = self.outputs.get(type_name, [])
-        assert len(artifacts) == 1, f"{len(artifacts)} {type_name} artifacts: {artifacts}"
-        return artifacts[0]
-
-
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
-    from ml_metadata import metadata_store
-    from tfx.orchestration import metadata
-
     from pipeline import run
     from pipeline.configs import PIPELINE_NAME
     from pipeline.pipeline import create_pipeline, pipeline_name_for
+    from pipeline.runs import pipeline_runs
 
     root = tmp_path_factory.mktemp("e2e")
     # initializer_range 0.2: outputs that depend on the input, so comparing two models' answers means something.
@@ -145,12 +117,11 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     pipeline_name = pipeline_name_for(TASK, PIPELINE_NAME)
     pipeline = create_pipeline(pipeline_name=pipeline_name, pipeline_root=str(root / "unused"), data_dir=data_dir,
                                serving_dir=serving_dir, config=run.training_config(args))
-    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
-    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.create_time_since_epoch)
-    assert len(runs) == 2, [c.name for c in runs]
+    runs = pipeline_runs(metadata_path, pipeline_name)
+    assert len(runs) == 2, runs
     return types.SimpleNamespace(
         model_dir=model_dir, serving_dir=serving_dir, node_ids=[c.id for c in pipeline.components],
-        first=RunRecord(store, runs[0], pipeline_name), second=RunRecord(store, runs[1], pipeline_name),
+        first=runs[0], second=runs[1],
         first_summary=first_summary, second_summary=second_summary,
     )
 

@@ -37,6 +37,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline.runs import PipelineRun, pipeline_runs
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "mrpc"
 MAX_SEQ_LENGTH = 32
@@ -130,43 +132,12 @@ def cli_env() -> Dict[str, str]:
     return {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
-class RunRecord:
-    """One pipeline run in ML Metadata: execution state per node id, output artifacts per type name."""
-
-    def __init__(self, store, context, pipeline_name: str):
-        from ml_metadata.proto import metadata_store_pb2
-
-        self.executions = {}
-        for execution in store.get_executions_by_context(context.id):
-            nodes = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "node"]
-            self.executions[nodes[0].removeprefix(pipeline_name + ".")] = execution
-        self.states = {node: metadata_store_pb2.Execution.State.Name(e.last_known_state)
-                       for node, e in self.executions.items()}
-        types_by_id = {t.id: t.name for t in store.get_artifact_types()}
-        events = store.get_events_by_execution_ids([e.id for e in self.executions.values()])
-        self.outputs: Dict[str, list] = {}
-        for artifact in store.get_artifacts_by_id(
-                [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]):
-            self.outputs.setdefault(types_by_id[artifact.type_id], []).append(artifact)
-
-    def output(self, type_name: str):
-        artifacts = self.outputs.get(type_name, [])
-        assert len(artifacts) == 1, f"{len(artifacts)} {type_name} artifacts: {artifacts}"
-        return artifacts[0]
-
-
-def pipeline_runs(metadata_path: str) -> List[RunRecord]:
+def mrpc_runs(metadata_path: str) -> List[PipelineRun]:
     """Every run of the MRPC pipeline in the database, oldest first."""
-    from ml_metadata import metadata_store
-    from tfx.orchestration import metadata
-
     from pipeline.configs import PIPELINE_NAME
     from pipeline.pipeline import pipeline_name_for
 
-    name = pipeline_name_for(TASK, PIPELINE_NAME)
-    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
-    contexts = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.create_time_since_epoch)
-    return [RunRecord(store, context, name) for context in contexts]
+    return pipeline_runs(metadata_path, pipeline_name_for(TASK, PIPELINE_NAME))
 
 
 # ------------------------------------------------------------------------------------- 1. data drift
@@ -544,7 +515,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
                                 timeout=RUN_TIMEOUT)
     timings["D"] = time.time() - start
     assert result.returncode == 0, open(log_file("D")).read()[-5000:]
-    records = pipeline_runs(metadata_path)
+    records = mrpc_runs(metadata_path)
     assert len(records) == 3, len(records)
     print("\npipeline run wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return types.SimpleNamespace(
@@ -554,7 +525,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     )
 
 
-def _evaluation(record: RunRecord, model_name: str = "") -> Dict[str, float]:
+def _evaluation(record: PipelineRun, model_name: str = "") -> Dict[str, float]:
     from modules.metrics import overall_metrics
 
     return overall_metrics(record.output("ModelEvaluation").uri, model_name=model_name)
