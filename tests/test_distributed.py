@@ -46,7 +46,7 @@ def write_mrpc_sample(data_dir: str, seed: int = 0) -> str:
     Sentences are 3-5 words of the tiny vocabulary (one token each), so every pair is at most 13 tokens:
     all examples fall into one length bucket, and bucketed batches are full global batches.
     """
-    from tests.tiny_bert import WORDS
+    from tiny_bert import WORDS
 
     rng = random.Random(seed)
     os.makedirs(os.path.join(data_dir, "MRPC"), exist_ok=True)
@@ -63,7 +63,7 @@ def write_mrpc_sample(data_dir: str, seed: int = 0) -> str:
 
 def tiny_model_dir(directory: str) -> str:
     """tests/tiny_bert's BERT with dropout off, so one process and two workers compute the same thing."""
-    from tests.tiny_bert import write_tiny_bert
+    from tiny_bert import write_tiny_bert
 
     write_tiny_bert(directory, num_layers=1)
     config_file = os.path.join(directory, "config.json")

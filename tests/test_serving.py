@@ -106,7 +106,7 @@ def push_model(root: str, task_name: str, model_dir: str):
 
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory) -> str:
-    from tests.tiny_bert import write_tiny_bert
+    from tiny_bert import write_tiny_bert
 
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), num_layers=1)
 

@@ -1,6 +1,6 @@
 """A tiny random BERT written as a local HuggingFace model directory, for fast tests of anything that takes `--model`.
 
-    from tests.tiny_bert import write_tiny_bert
+    from tiny_bert import write_tiny_bert   # tests/ is on sys.path under pytest
     model_dir = write_tiny_bert(tmp_path / "tiny")   # -> str, usable as TrainingConfig(model=model_dir)
 
 The directory holds what `modules.backbone` reads from a real checkpoint: config.json and tf_model.h5
