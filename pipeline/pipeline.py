@@ -36,6 +36,7 @@ def create_pipeline(
     config: TrainingConfig,
     min_eval_value: float = 0.0,
     max_regression: float = 0.01,
+    compare_with_baseline: bool = True,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
@@ -45,6 +46,8 @@ def create_pipeline(
     Args:
       min_eval_value: the main GLUE metric (GlueTask.metrics[0]) must reach this on eval to be blessed.
       max_regression: a model more than this below the latest blessed model's main metric is not blessed.
+      compare_with_baseline: False drops the latest-blessed-model Resolver and the change threshold (blessing
+        then rests on min_eval_value alone): open-source Kubeflow Pipelines 2.x cannot run TFX resolver tasks.
     """
     task = get_task(config.task)
     example_gen = GlueExampleGen(data_dir=data_dir, task=task.name)
@@ -74,20 +77,23 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.to_dict(),
     )
-    baseline_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    baselines = [
+        tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
+    ] if compare_with_baseline else []
     evaluators = [
         tfx.components.Evaluator(
             examples=example_gen.outputs["examples"],
             example_splits=[split],  # an Evaluator merges its splits: one per split keeps MNLI's two apart
             model=trainer.outputs["model"],
-            baseline_model=baseline_resolver.outputs["model"],
+            baseline_model=baselines[0].outputs["model"] if baselines else None,
             eval_config=split_config,
         ).with_id(f"Evaluator_{split}")
-        for split, split_config in evaluator_configs(task, min_eval_value, max_regression).items()
+        for split, split_config in evaluator_configs(
+            task, min_eval_value, max_regression if compare_with_baseline else None).items()
     ]
     pusher = AtomicPusher(  # tfx.components.Pusher, publishing each version directory atomically
         model=trainer.outputs["model"],
@@ -100,7 +106,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer,
-                    baseline_resolver, *evaluators, pusher],
+                    *baselines, *evaluators, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

@@ -56,6 +56,9 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min_eval_value", type=float, default=0.0, help="bless only if the task's main metric reaches this")
     parser.add_argument("--max_regression", type=float, default=0.01,
                         help="do not bless a model this much worse than the latest blessed one on the main metric")
+    parser.add_argument("--no_baseline", action="store_true",
+                        help="bless on --min_eval_value alone, without comparing with the latest blessed model "
+                             "(no Resolver: what open-source Kubeflow Pipelines 2.x can run)")
     parser.add_argument("--no_cache", action="store_true", help="rerun every component even if its inputs are unchanged")
 
 
@@ -146,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         pipeline = create_pipeline(
             pipeline_name=name, pipeline_root=pipeline_root, data_dir=args.data_dir, serving_dir=serving_dir,
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
-            beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
+            compare_with_baseline=not args.no_baseline, beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

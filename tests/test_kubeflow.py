@@ -44,6 +44,7 @@ def local_pipeline(task: str, *extra: str):
     return pipeline.create_pipeline(
         pipeline_name=pipeline.pipeline_name_for(task, configs.PIPELINE_NAME), pipeline_root=ROOT, data_dir=DATA,
         serving_dir=SERVING, config=run.training_config(args, check_backbone=False), beam_pipeline_args=beam_args,
+        compare_with_baseline=not args.no_baseline,
     )
 
 
@@ -51,8 +52,10 @@ def local_pipeline(task: str, *extra: str):
 def outputs(tmp_path_factory) -> Dict[str, str]:
     out = tmp_path_factory.mktemp("kubeflow")
     paths = {"mrpc": str(out / "adapter-bert-glue-mrpc.json"), "mrpc_yaml": str(out / "adapter-bert-glue-mrpc.yaml"),
-             "mnli": str(out / "nested" / "adapter-bert-glue-mnli.json")}
+             "mnli": str(out / "nested" / "adapter-bert-glue-mnli.json"),
+             "mrpc_no_baseline": str(out / "adapter-bert-glue-mrpc-no-baseline.json")}
     compile_to(paths["mrpc"], "mrpc")
+    compile_to(paths["mrpc_no_baseline"], "mrpc", "--no_baseline")
     compile_to(paths["mrpc_yaml"], "mrpc")
     # A hub backbone that cannot be downloaded here: it is resolved in the container at run time, not now.
     compile_to(paths["mnli"], "mnli", "--model", "bert-base-cased", "--bottleneck_size", "32", "--epochs", "1")
@@ -132,6 +135,16 @@ def test_dag_is_the_local_pipeline(outputs, task):
         node = node_of(name, node_ids)
         upstream = {u.id for u in next(c for c in local.components if c.id == node).upstream_nodes}
         assert {node_of(d, node_ids) for d in kfp_task.dependent_tasks} - {node} == upstream, name
+
+
+def test_no_baseline_compiles_without_resolver_tasks_for_open_source_kfp(outputs):
+    local = local_pipeline("mrpc", "--no_baseline")
+    assert RESOLVER_ID not in {c.id for c in local.components}
+    tasks = strict_job(outputs["mrpc_no_baseline"]).root.dag.tasks
+    assert set(tasks) == {c.id for c in local.components}
+    executors = spec_dict(outputs["mrpc_no_baseline"])["deploymentSpec"]["executors"]
+    assert all("resolver" not in executor for executor in executors.values())
+    assert "baseline_model" not in tasks["Evaluator_eval"].inputs.artifacts
 
 
 def test_mnli_evaluates_both_dev_sets_and_pushes_on_matched(outputs):
