@@ -45,6 +45,15 @@ def _cpu_flags() -> List[str]:
     return []
 
 
+def glue_file_or_exit(task_directory: str, file_name: str = "train.tsv") -> str:
+    """The real GLUE file a benchmark needs, or exit 0 with SKIPPED and why (the data is not committed)."""
+    path = os.path.join(GLUE_DIR, task_directory, file_name)
+    if not os.path.isfile(path):
+        print(f"SKIPPED: {path} not found (set GLUE_DIR to the directory holding {task_directory}/).")
+        sys.exit(0)
+    return path
+
+
 def machine_state() -> Dict[str, Any]:
     """Load average and the busiest processes other than this one (the machine is shared)."""
     state: Dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg": list(os.getloadavg())}

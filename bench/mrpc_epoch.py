@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -59,10 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     from bench import common
 
-    path = os.path.join(common.GLUE_DIR, "MRPC", "train.tsv")
-    if not os.path.isfile(path):
-        print(f"SKIPPED: {path} not found (set GLUE_DIR to the directory holding MRPC/).")
-        sys.exit(0)
+    path = common.glue_file_or_exit("MRPC")
     started = common.machine_state()
     import numpy as np
     import tensorflow as tf

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -25,10 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     from bench import common
 
-    path = os.path.join(common.GLUE_DIR, "SST-2", "train.tsv")
-    if not os.path.isfile(path):
-        print(f"SKIPPED: {path} not found (set GLUE_DIR to the directory holding SST-2/).")
-        sys.exit(0)
+    path = common.glue_file_or_exit("SST-2")
     started = common.machine_state()
     import numpy as np
     import tensorflow as tf
