@@ -7,14 +7,12 @@ VENV=.venv
 STAMP="$VENV/.installed"
 
 find_python() {
-  local candidate
-  for candidate in python3.10 "$(command -v pyenv >/dev/null 2>&1 && echo "$(pyenv root)/versions/3.10.13/bin/python3.10")"; do
-    [ -n "$candidate" ] || continue
-    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then
-      command -v "$candidate" || echo "$candidate"; return 0
-    fi
-  done
+  # PATH first; a pyenv shim only counts if it really runs a 3.10 (it fails without PYENV_VERSION).
+  if python3.10 -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then
+    command -v python3.10; return 0
+  fi
   if command -v pyenv >/dev/null 2>&1; then
+    local candidate
     for candidate in "$(pyenv root)"/versions/3.10*/bin/python3.10; do
       [ -x "$candidate" ] && { echo "$candidate"; return 0; }
     done
