@@ -89,6 +89,13 @@ def check_bert_like(config: transformers.PretrainedConfig) -> None:
         )
 
 
+def check_max_seq_length(max_seq_length: int, config: transformers.PretrainedConfig) -> None:
+    """Positions beyond the backbone's position embeddings have no pretrained vectors: refuse them."""
+    if max_seq_length > config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {max_seq_length} exceeds the backbone's maximum of "
+                         f"{config.max_position_embeddings} positions.")
+
+
 def build_backbone(config: transformers.BertConfig) -> transformers.TFBertModel:
     """A TFBertModel with the given config and random weights, built so its variables exist."""
     model = transformers.TFBertModel(config)

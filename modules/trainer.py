@@ -200,9 +200,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def build_model(config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:
     bert = backbone_lib.load_backbone(config.model)
-    max_positions = bert.config.max_position_embeddings
-    if config.max_seq_length > max_positions:
-        raise ValueError(f"--max_seq_length {config.max_seq_length} exceeds the backbone's maximum of {max_positions}.")
+    backbone_lib.check_max_seq_length(config.max_seq_length, bert.config)
     return AdapterBertClassifier(bert, task.num_labels, config.adapter_config(), full_finetune=config.full_finetune)
 
 

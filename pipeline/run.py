@@ -93,9 +93,7 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> co
     model_dir = backbone_lib.resolve_model_dir(config.model)
     bert_config = backbone_lib.load_config(model_dir)
     backbone_lib.tokenizer_settings(model_dir)
-    if config.max_seq_length > bert_config.max_position_embeddings:
-        raise ValueError(f"--max_seq_length {config.max_seq_length} exceeds the backbone's maximum of "
-                         f"{bert_config.max_position_embeddings} positions.")
+    backbone_lib.check_max_seq_length(config.max_seq_length, bert_config)
     return config
 
 
