@@ -1,0 +1,266 @@
+"""GLUE dev accuracy of adapters against full fine-tuning, each row one real run of the local pipeline.
+
+    python -m bench.glue_accuracy                 # every run of the plan not yet in the results, then the report
+    python -m bench.glue_accuracy --only mrpc     # the plan's runs of some tasks
+    python -m bench.glue_accuracy --report        # table and plot from the results so far, no training
+
+Every run is `python -m pipeline.run` (ExampleGen, Transform, the pipeline's own Trainer, Evaluator, Pusher)
+with the flags printed in the results; the metric reported is the Evaluator's on GLUE dev. Runs share one
+output directory, so ExampleGen and Transform run once per task and are cached after. Results are appended
+to bench/results/glue_accuracy.json after each run: an interrupted sweep resumes where it stopped.
+
+The plan (same epoch budget for every row, `--epochs`):
+  adapters    Houlsby adapters, bottleneck 64, learning rate 3e-4, layer norms and head trained
+  full        full fine-tuning, learning rate 3e-5 (BERT's usual; 3e-4 measured on MRPC too)
+  sweep       MRPC adapters with bottleneck 8 and 256, and learning rates 3e-5 and 3e-3 (the paper's grids)
+SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`), evaluated on all of dev.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from bench.common import GLUE_DIR, REPO_ROOT, RESULTS_DIR, machine_state, print_table
+
+RESULTS = os.path.join(RESULTS_DIR, "glue_accuracy.json")
+PLOT = os.path.join(REPO_ROOT, "docs", "accuracy_vs_parameters.png")
+TASK_DIRS = {"mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B", "sst2": "SST-2"}
+ADAPTER_LR, FULL_LR, BOTTLENECK = 3e-4, 3e-5, 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    task: str
+    method: str  # "adapters" or "full"
+    seed: int
+    learning_rate: float
+    bottleneck_size: int = BOTTLENECK
+
+    @property
+    def key(self) -> str:
+        size = "" if self.method == "full" else f"-b{self.bottleneck_size}"
+        return f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}-s{self.seed}"
+
+    def flags(self, epochs: int) -> List[str]:
+        flags = ["--task", self.task, "--epochs", str(epochs), "--seed", str(self.seed),
+                 "--learning_rate", f"{self.learning_rate:g}"]
+        return flags + (["--full_finetune"] if self.method == "full" else ["--bottleneck_size", str(self.bottleneck_size)])
+
+
+def plan(seeds: Sequence[int]) -> List[Run]:
+    """Every run, most informative first, so a sweep cut short still gives a complete first seed."""
+    first, rest = seeds[0], list(seeds[1:])
+    runs: List[Run] = []
+    for task in ("mrpc", "rte"):
+        runs += [Run(task, "adapters", first, ADAPTER_LR), Run(task, "full", first, FULL_LR)]
+    runs += [Run(task, "adapters", first, ADAPTER_LR) for task in ("cola", "stsb", "sst2")]
+    runs += [Run("mrpc", "adapters", first, ADAPTER_LR, size) for size in (8, 256)]
+    runs += [Run("mrpc", "adapters", first, lr) for lr in (3e-5, 3e-3)] + [Run("mrpc", "full", first, 3e-4)]
+    for seed in rest:
+        for task in ("mrpc", "rte"):
+            runs += [Run(task, "adapters", seed, ADAPTER_LR), Run(task, "full", seed, FULL_LR)]
+    for seed in rest:
+        runs += [Run(task, "adapters", seed, ADAPTER_LR) for task in ("cola", "stsb", "sst2")]
+    for seed in rest:
+        runs += [Run("mrpc", "adapters", seed, ADAPTER_LR, size) for size in (8, 256)]
+    return runs
+
+
+def sst2_subset(out_dir: str, examples: int) -> str:
+    """A GLUE-layout data dir whose SST-2 train is a fixed random subset (seed 0) and whose dev is all of dev."""
+    task_dir = os.path.join(out_dir, "SST-2")
+    train = os.path.join(task_dir, "train.tsv")
+    if not os.path.exists(train):
+        os.makedirs(task_dir, exist_ok=True)
+        with open(os.path.join(GLUE_DIR, "SST-2", "train.tsv"), encoding="utf-8") as f:
+            header, *rows = f.readlines()
+        chosen = sorted(random.Random(0).sample(range(len(rows)), min(examples, len(rows))))
+        with open(train + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines([header] + [rows[i] for i in chosen])
+        with open(os.path.join(GLUE_DIR, "SST-2", "dev.tsv"), encoding="utf-8") as src, \
+                open(os.path.join(task_dir, "dev.tsv"), "w", encoding="utf-8") as dst:
+            dst.write(src.read())
+        os.replace(train + ".tmp", train)
+    return out_dir
+
+
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: loss ([\d.]+), (.*?), ([\d.]+) examples/s")
+TRAINABLE_LINE = re.compile(r"(\d+) of (\d+) parameters trainable")
+
+
+def run_pipeline(run: Run, epochs: int, output_dir: str, data_dir: str) -> Dict[str, Any]:
+    """Runs the pipeline for one row; returns its Evaluator metrics, trained parameters and per-epoch log."""
+    from pipeline.configs import PIPELINE_NAME
+    from pipeline.pipeline import pipeline_name_for
+    from pipeline.runs import pipeline_runs
+    from modules.metrics import overall_metrics
+
+    cmd = [sys.executable, "-m", "pipeline.run", *run.flags(epochs), "--no_baseline", "--data_dir", data_dir,
+           "--output_dir", output_dir]
+    log_path = os.path.join(output_dir, "logs", run.key + ".log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+    seconds = time.time() - start
+    text = open(log_path).read()
+    if code != 0:
+        raise RuntimeError(f"{run.key} failed (exit {code}); see {log_path}")
+    metadata = os.path.join(output_dir, "metadata.sqlite")
+    last = pipeline_runs(metadata, pipeline_name_for(run.task, PIPELINE_NAME))[-1]
+    evaluation = last.output("ModelEvaluation")
+    trainable, total = map(int, TRAINABLE_LINE.search(text).groups())
+    history = [{"epoch": int(e), "loss": float(loss), "eval": metrics, "examples_per_second": float(rate)}
+               for e, loss, metrics, rate in EPOCH_LINE.findall(text)]
+    return {
+        "key": run.key, **dataclasses.asdict(run), "epochs": epochs,
+        "command": "python -m pipeline.run " + " ".join(run.flags(epochs)) + " --no_baseline",
+        "metrics": overall_metrics(evaluation.uri), "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_percent": 100.0 * trainable / total, "history": history,
+        "trainer_seconds": last.seconds.get("Trainer"), "pipeline_seconds": seconds,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine_state": machine_state(),
+    }
+
+
+def load_results() -> Dict[str, Any]:
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            return json.load(f)
+    return {"benchmark": "glue_accuracy", "runs": []}
+
+
+def save_results(results: Dict[str, Any]) -> None:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(RESULTS + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    os.replace(RESULTS + ".tmp", RESULTS)
+
+
+def main_metric(row: Dict[str, Any]) -> str:
+    from modules.glue import get_task
+
+    return get_task(row["task"]).main_metric
+
+
+def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
+    """Rows of the same setting (task, method, bottleneck, learning rate, epochs) across seeds."""
+    grouped: Dict[tuple, List[Dict[str, Any]]] = {}
+    for row in rows:
+        size = None if row["method"] == "full" else row["bottleneck_size"]
+        grouped.setdefault((row["task"], row["method"], size, row["learning_rate"], row["epochs"]), []).append(row)
+    return grouped
+
+
+def summary(values: List[float]) -> str:
+    """Mean ± standard deviation in GLUE points (x100), with the number of seeds."""
+    mean = 100 * statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.1f} (1 seed)"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)} seeds)"
+
+
+def report(results: Dict[str, Any]) -> None:
+    """Prints every setting measured, then the README table of the main settings, and draws the plot."""
+    rows = results["runs"]
+    table = []
+    for (task, method, size, lr, epochs), members in sorted(groups(rows).items(), key=lambda kv: str(kv[0])):
+        metric = main_metric(members[0])
+        table.append([task, method, size or "-", f"{lr:g}", epochs, metric,
+                      summary([m["metrics"][metric] for m in members]), f"{members[0]['trainable_percent']:.2f}"])
+    print_table(["task", "method", "bottleneck", "lr", "epochs", "metric", "dev (mean ± sd)", "trained %"], table)
+    print()
+    main = []
+    for task in TASK_DIRS:
+        settings = groups([r for r in rows if r["task"] == task])
+        adapters = settings.get((task, "adapters", BOTTLENECK, ADAPTER_LR, rows[0]["epochs"]) if rows else None, [])
+        full = settings.get((task, "full", None, FULL_LR, rows[0]["epochs"]) if rows else None, [])
+        if not adapters:
+            continue
+        metric = main_metric(adapters[0])
+        main.append([task, metric, summary([r["metrics"][metric] for r in adapters]),
+                     summary([r["metrics"][metric] for r in full]) if full else "-",
+                     f"{adapters[0]['trainable_percent']:.2f}"])
+    print_table(["task", "metric", "adapters", "full fine-tuning", "adapters' trained %"], main)
+    plot(rows)
+
+
+def plot(rows: List[Dict[str, Any]]) -> None:
+    """Dev score against trained parameters (% of the model) for each bottleneck size and full fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for task in TASK_DIRS:
+        points = []
+        for (t, method, size, lr, _), members in groups(rows).items():
+            if t != task or lr != (FULL_LR if method == "full" else ADAPTER_LR):
+                continue
+            metric = main_metric(members[0])
+            values = [100 * m["metrics"][metric] for m in members]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            points.append((members[0]["trainable_percent"], statistics.mean(values), spread, method, size))
+        if len(points) < 2:
+            continue
+        points.sort()
+        xs, ys, errs = zip(*[(p[0], p[1], p[2]) for p in points])
+        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{task} ({main_metric({'task': task})})")
+        for x, y, _, method, size in points:
+            ax.annotate("full FT" if method == "full" else f"b={size}", (x, y), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("trained parameters (% of the model, log scale)")
+    ax.set_ylabel("GLUE dev score (main metric)")
+    ax.set_title("MiniLM-L6 adapters vs full fine-tuning (mean ± sd over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(PLOT), exist_ok=True)
+    fig.savefig(PLOT, dpi=120)
+    print(f"wrote {os.path.relpath(PLOT, REPO_ROOT)}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.glue_accuracy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--only", nargs="+", choices=sorted(TASK_DIRS), help="run only these tasks' rows")
+    parser.add_argument("--max_runs", type=int, help="stop after this many new runs")
+    parser.add_argument("--sst2_train_examples", type=int, default=20_000)
+    parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "accuracy"))
+    parser.add_argument("--report", action="store_true", help="only print the table and draw the plot")
+    args = parser.parse_args(argv)
+    results = load_results()
+    if not args.report:
+        for task, directory in TASK_DIRS.items():
+            if not os.path.isfile(os.path.join(GLUE_DIR, directory, "train.tsv")):
+                sys.exit(f"error: {GLUE_DIR}/{directory}/train.tsv not found (set GLUE_DIR to the GLUE data).")
+        done = {(r["key"], r["epochs"]) for r in results["runs"]}
+        todo = [r for r in plan(args.seeds) if (r.key, args.epochs) not in done and (not args.only or r.task in args.only)]
+        sst2_dir = sst2_subset(os.path.join(args.output_dir, "data"), args.sst2_train_examples)
+        for i, run in enumerate(todo[:args.max_runs]):
+            print(f"[{i + 1}/{len(todo)}] {run.key} ...", flush=True)
+            row = run_pipeline(run, args.epochs, args.output_dir, sst2_dir if run.task == "sst2" else GLUE_DIR)
+            row["train_examples"] = args.sst2_train_examples if run.task == "sst2" else "all"
+            results["runs"].append(row)
+            save_results(results)
+            print(f"    {row['metrics']}  ({row['trainer_seconds']:.0f} s in the Trainer)", flush=True)
+    if results["runs"]:
+        report(results)
+
+
+if __name__ == "__main__":
+    main()
