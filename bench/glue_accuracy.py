@@ -13,6 +13,7 @@ The plan (same epoch budget for every row, `--epochs`):
   adapters    Houlsby adapters, bottleneck 64, learning rate 3e-4, layer norms and head trained
   full        full fine-tuning, learning rate 3e-5 (BERT's usual; 3e-4 measured on MRPC too)
   sweep       MRPC adapters with bottleneck 8 and 256, and learning rates 3e-5 and 3e-3 (the paper's grids)
+  bf16        MRPC and RTE adapters trained with --precision mixed_bfloat16 (does the faster arithmetic cost accuracy?)
 SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`), evaluated on all of dev.
 """
 from __future__ import annotations
@@ -45,15 +46,17 @@ class Run:
     seed: int
     learning_rate: float
     bottleneck_size: int = BOTTLENECK
+    precision: str = "float32"
 
     @property
     def key(self) -> str:
         size = "" if self.method == "full" else f"-b{self.bottleneck_size}"
-        return f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}-s{self.seed}"
+        precision = "" if self.precision == "float32" else f"-{self.precision}"
+        return f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}{precision}-s{self.seed}"
 
     def flags(self, epochs: int) -> List[str]:
         flags = ["--task", self.task, "--epochs", str(epochs), "--seed", str(self.seed),
-                 "--learning_rate", f"{self.learning_rate:g}"]
+                 "--learning_rate", f"{self.learning_rate:g}", "--precision", self.precision]
         return flags + (["--full_finetune"] if self.method == "full" else ["--bottleneck_size", str(self.bottleneck_size)])
 
 
@@ -66,6 +69,7 @@ def plan(seeds: Sequence[int]) -> List[Run]:
     runs += [Run(task, "adapters", first, ADAPTER_LR) for task in ("cola", "stsb", "sst2")]
     runs += [Run("mrpc", "adapters", first, ADAPTER_LR, size) for size in (8, 256)]
     runs += [Run("mrpc", "adapters", first, lr) for lr in (3e-5, 3e-3)] + [Run("mrpc", "full", first, 3e-4)]
+    runs += [Run(task, "adapters", first, ADAPTER_LR, precision="mixed_bfloat16") for task in ("mrpc", "rte")]
     for seed in rest:
         for task in ("mrpc", "rte"):
             runs += [Run(task, "adapters", seed, ADAPTER_LR), Run(task, "full", seed, FULL_LR)]
@@ -158,6 +162,8 @@ def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
     grouped: Dict[tuple, List[Dict[str, Any]]] = {}
     for row in rows:
         size = None if row["method"] == "full" else row["bottleneck_size"]
+        if row.get("precision", "float32") != "float32":
+            size = f"{size}, {row['precision']}"
         grouped.setdefault((row["task"], row["method"], size, row["learning_rate"], row["epochs"]), []).append(row)
     return grouped
 
@@ -206,7 +212,7 @@ def plot(rows: List[Dict[str, Any]]) -> None:
     for task in TASK_DIRS:
         points = []
         for (t, method, size, lr, _), members in groups(rows).items():
-            if t != task or lr != (FULL_LR if method == "full" else ADAPTER_LR):
+            if t != task or isinstance(size, str) or lr != (FULL_LR if method == "full" else ADAPTER_LR):
                 continue
             metric = main_metric(members[0])
             values = [100 * m["metrics"][metric] for m in members]

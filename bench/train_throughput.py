@@ -55,20 +55,14 @@ def synthetic_batch(seed: int = 0):
 
 
 def build(full_finetune: bool, jit_compile: bool = False, bf16: bool = False):
-    import tf_keras as keras
-    from modules import backbone, trainer
+    """The pipeline's model and optimizer (trainer.build_model, trainer.compile_model) for one variant."""
+    from modules import trainer
     from modules.glue import get_task
-    from modules.model import AdapterBertClassifier
     from pipeline.configs import TrainingConfig
 
-    config = TrainingConfig(full_finetune=full_finetune)
+    config = TrainingConfig(full_finetune=full_finetune, precision="mixed_bfloat16" if bf16 else "float32")
     task = get_task(config.task)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
-    try:
-        model = AdapterBertClassifier(backbone.load_backbone(config.model), task.num_labels, config.adapter_config(),
-                                      full_finetune=full_finetune)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model = trainer.build_model(config, task)
     trainer.compile_model(model, config, task, total_steps=10_000)
     if jit_compile:
         model.jit_compile = True  # what model.compile(..., jit_compile=True) sets

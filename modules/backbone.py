@@ -45,17 +45,17 @@ def resolve_model_dir(model: str = DEFAULT_MODEL) -> str:
     model = os.path.expanduser(model)  # "~/models/bert" passed in quotes reaches us unexpanded
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
-            raise FileNotFoundError(f"--model {model!r} is a directory without config.json: not a HuggingFace model directory.")
+            raise FileNotFoundError(f"--model/--casing {model!r} is a directory without config.json: not a HuggingFace model directory.")
         return model
     if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an "org/name" hub id
-        raise FileNotFoundError(f"--model {model!r}: no such directory.")
+        raise FileNotFoundError(f"--model/--casing {model!r}: no such directory.")
     import huggingface_hub
 
     try:
         return huggingface_hub.snapshot_download(model, allow_patterns=_HUB_FILES)
     except Exception as e:  # the hub raises many types (offline, 404, auth); all mean the same to the user
         raise FileNotFoundError(
-            f"--model {model!r} is neither a local directory nor a HuggingFace hub model that can be downloaded "
+            f"--model/--casing {model!r} is neither a local directory nor a HuggingFace hub model that can be downloaded "
             f"({type(e).__name__}: {str(e).splitlines()[0]}). Without network, download it elsewhere "
             f"(e.g. `huggingface-cli download {model}`) and pass its directory, or use the offline default '{DEFAULT_MODEL}'."
         ) from e

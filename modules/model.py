@@ -58,6 +58,7 @@ class AdapterBertClassifier(keras.Model):
             num_labels,
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=self.bert.config.initializer_range),
             name="classifier",
+            dtype="float32",  # float32 logits (and loss) also when the rest computes in bfloat16
         )
         self(dummy_inputs(), training=False)
         self.backbone_fingerprint = backbone_lib.weights_fingerprint(self.frozen_variables())

@@ -198,10 +198,27 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
-def build_model(config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:
-    bert = backbone_lib.load_backbone(config.model)
-    backbone_lib.check_max_seq_length(config.max_seq_length, bert.config)
-    return AdapterBertClassifier(bert, task.num_labels, config.adapter_config(), full_finetune=config.full_finetune)
+def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None) -> AdapterBertClassifier:
+    """The model in `precision` (default config.precision): a Keras policy fixes each layer's compute dtype
+    when the layer is created, so it is set around the construction only and restored after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision or config.precision)
+    try:
+        bert = backbone_lib.load_backbone(config.model)
+        backbone_lib.check_max_seq_length(config.max_seq_length, bert.config)
+        return AdapterBertClassifier(bert, task.num_labels, config.adapter_config(), full_finetune=config.full_finetune)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def float32_copy(model: AdapterBertClassifier, config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:
+    """`model` itself if it computes in float32, else the same weights in a float32 model (what is exported:
+    exact predictions, and fast on CPUs without bfloat16 arithmetic)."""
+    if config.precision == "float32":
+        return model
+    copy = build_model(config, task, precision="float32")
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def compile_model(model: keras.Model, config: TrainingConfig, task: GlueTask, total_steps: int) -> None:
@@ -315,6 +332,7 @@ def run_fn(fn_args: FnArgs) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     feature_spec = tf_transform_output.transformed_feature_spec()
     model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir, strategy)
+    model = float32_copy(model, config, task)
     if is_chief(strategy):
         export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir)
         if not config.full_finetune:

@@ -30,7 +30,7 @@ PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
 TRAINING_FLAGS = {
     "bottleneck_size": int, "batch_size": int, "epochs": int, "max_seq_length": int, "seed": int,
     "learning_rate": float, "warmup_ratio": float, "weight_decay": float,
-    "non_linearity": str, "placement": str,
+    "non_linearity": str, "placement": str, "precision": str,
 }
 
 

@@ -233,3 +233,37 @@ def test_train_writes_tensorboard_events_with_the_per_epoch_records(trained) -> 
     for record in history:
         for key in ("loss", "examples_per_second", "eval_f1", "eval_accuracy"):
             assert scalars[(key, record["epoch"])] == pytest.approx(record[key], rel=1e-6)
+
+
+def test_mixed_bfloat16_trains_in_bfloat16_and_exports_the_same_weights_in_float32(tmp_path) -> None:
+    import tf_keras as keras
+
+    from modules.glue import get_task
+    from modules.trainer import float32_copy, train
+    from pipeline.configs import TrainingConfig
+
+    rng = np.random.default_rng(2)
+    train_files = write_transformed(str(tmp_path / "train"), rng.integers(5, 33, 16).tolist(), [0, 1] * 8)
+    config = TrainingConfig(task="mrpc", model=write_tiny_bert(tmp_path / "tiny_bert"), batch_size=8, epochs=1,
+                            max_seq_length=MAX_SEQ_LENGTH, bottleneck_size=8, learning_rate=1e-3,
+                            precision="mixed_bfloat16")
+    model, history = train(config, [train_files], [train_files], FEATURE_SPEC, str(tmp_path / "logs"))
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored: later models are float32
+    assert np.isfinite(history[0]["loss"])
+    assert model.bert.encoder.layer[0].attention.self_attention.query.compute_dtype == "bfloat16"
+    assert all(v.dtype == tf.float32 for v in model.variables)
+    exported = float32_copy(model, config, get_task("mrpc"))
+    assert exported.bert.encoder.layer[0].attention.self_attention.query.compute_dtype == "float32"
+    for a, b in zip(model.get_weights(), exported.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    features, _ = next(iter(make_dataset([train_files], FEATURE_SPEC, 8, MAX_SEQ_LENGTH, None, True)))
+    bf16_logits, f32_logits = model(features), exported(features)
+    assert bf16_logits.dtype == f32_logits.dtype == tf.float32
+    np.testing.assert_allclose(bf16_logits.numpy(), f32_logits.numpy(), atol=0.05)
+
+
+def test_unknown_precision_is_refused_naming_the_flag() -> None:
+    from pipeline.configs import TrainingConfig
+
+    with pytest.raises(ValueError, match="--precision must be one of float32, mixed_bfloat16"):
+        TrainingConfig(precision="float16")
