@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,16 @@ def machine_info() -> Dict[str, Any]:
 def command() -> str:
     return "python -m " + (sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None)
                            else sys.argv[0]) + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+
+
+# The Trainer's per-epoch log line (modules/trainer.py ProgressLogger.on_epoch_end).
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: loss ([\d.]+), (.*?), ([\d.]+) examples/s, (\d+) s, ETA")
+
+
+def trainer_epochs(log: str) -> List[Dict[str, Any]]:
+    """The per-epoch records a pipeline run's log holds: loss, eval metrics (as logged), examples/s, seconds."""
+    return [{"epoch": int(e), "loss": float(loss), "eval": metrics, "examples_per_second": float(rate),
+             "seconds": int(seconds)} for e, loss, metrics, rate, seconds in EPOCH_LINE.findall(log)]
 
 
 def median(values: Sequence[float]) -> float:

@@ -19,7 +19,6 @@ SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -31,7 +30,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from bench.common import GLUE_DIR, REPO_ROOT, RESULTS_DIR, machine_state, print_table
+from bench.common import GLUE_DIR, REPO_ROOT, RESULTS_DIR, machine_state, print_table, trainer_epochs
 
 RESULTS = os.path.join(RESULTS_DIR, "glue_accuracy.json")
 PLOT = os.path.join(REPO_ROOT, "docs", "accuracy_vs_parameters.png")
@@ -98,7 +97,6 @@ def sst2_subset(out_dir: str, examples: int) -> str:
     return out_dir
 
 
-EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: loss ([\d.]+), (.*?), ([\d.]+) examples/s")
 TRAINABLE_LINE = re.compile(r"(\d+) of (\d+) parameters trainable")
 
 
@@ -117,20 +115,19 @@ def run_pipeline(run: Run, epochs: int, output_dir: str, data_dir: str) -> Dict[
     with open(log_path, "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
     seconds = time.time() - start
-    text = open(log_path).read()
+    with open(log_path) as log:
+        text = log.read()
     if code != 0:
         raise RuntimeError(f"{run.key} failed (exit {code}); see {log_path}")
     metadata = os.path.join(output_dir, "metadata.sqlite")
     last = pipeline_runs(metadata, pipeline_name_for(run.task, PIPELINE_NAME))[-1]
     evaluation = last.output("ModelEvaluation")
     trainable, total = map(int, TRAINABLE_LINE.search(text).groups())
-    history = [{"epoch": int(e), "loss": float(loss), "eval": metrics, "examples_per_second": float(rate)}
-               for e, loss, metrics, rate in EPOCH_LINE.findall(text)]
     return {
         "key": run.key, **dataclasses.asdict(run), "epochs": epochs,
         "command": "python -m pipeline.run " + " ".join(run.flags(epochs)) + " --no_baseline",
         "metrics": overall_metrics(evaluation.uri), "trainable_parameters": trainable, "total_parameters": total,
-        "trainable_percent": 100.0 * trainable / total, "history": history,
+        "trainable_percent": 100.0 * trainable / total, "history": trainer_epochs(text),
         "trainer_seconds": last.seconds.get("Trainer"), "pipeline_seconds": seconds,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine_state": machine_state(),
     }
@@ -151,10 +148,10 @@ def save_results(results: Dict[str, Any]) -> None:
     os.replace(RESULTS + ".tmp", RESULTS)
 
 
-def main_metric(row: Dict[str, Any]) -> str:
+def main_metric(task: str) -> str:
     from modules.glue import get_task
 
-    return get_task(row["task"]).main_metric
+    return get_task(task).main_metric
 
 
 def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
@@ -181,7 +178,7 @@ def report(results: Dict[str, Any]) -> None:
     rows = results["runs"]
     table = []
     for (task, method, size, lr, epochs), members in sorted(groups(rows).items(), key=lambda kv: str(kv[0])):
-        metric = main_metric(members[0])
+        metric = main_metric(members[0]["task"])
         table.append([task, method, size or "-", f"{lr:g}", epochs, metric,
                       summary([m["metrics"][metric] for m in members]), f"{members[0]['trainable_percent']:.2f}"])
     print_table(["task", "method", "bottleneck", "lr", "epochs", "metric", "dev (mean ± sd)", "trained %"], table)
@@ -189,11 +186,11 @@ def report(results: Dict[str, Any]) -> None:
     main = []
     for task in TASK_DIRS:
         settings = groups([r for r in rows if r["task"] == task])
-        adapters = settings.get((task, "adapters", BOTTLENECK, ADAPTER_LR, rows[0]["epochs"]) if rows else None, [])
-        full = settings.get((task, "full", None, FULL_LR, rows[0]["epochs"]) if rows else None, [])
+        adapters = settings.get((task, "adapters", BOTTLENECK, ADAPTER_LR, rows[0]["epochs"]), [])
+        full = settings.get((task, "full", None, FULL_LR, rows[0]["epochs"]), [])
         if not adapters:
             continue
-        metric = main_metric(adapters[0])
+        metric = main_metric(task)
         main.append([task, metric, summary([r["metrics"][metric] for r in adapters]),
                      summary([r["metrics"][metric] for r in full]) if full else "-",
                      f"{adapters[0]['trainable_percent']:.2f}"])
@@ -214,7 +211,7 @@ def plot(rows: List[Dict[str, Any]]) -> None:
         for (t, method, size, lr, _), members in groups(rows).items():
             if t != task or isinstance(size, str) or lr != (FULL_LR if method == "full" else ADAPTER_LR):
                 continue
-            metric = main_metric(members[0])
+            metric = main_metric(members[0]["task"])
             values = [100 * m["metrics"][metric] for m in members]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             points.append((members[0]["trainable_percent"], statistics.mean(values), spread, method, size))
@@ -222,7 +219,7 @@ def plot(rows: List[Dict[str, Any]]) -> None:
             continue
         points.sort()
         xs, ys, errs = zip(*[(p[0], p[1], p[2]) for p in points])
-        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{task} ({main_metric({'task': task})})")
+        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{task} ({main_metric(task)})")
         for x, y, _, method, size in points:
             ax.annotate("full FT" if method == "full" else f"b={size}", (x, y), textcoords="offset points",
                         xytext=(4, -10), fontsize=7, color=line[0].get_color())

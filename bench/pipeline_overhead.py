@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 
 from bench import common
-
-EPOCH_SECONDS = re.compile(r"epoch \d+/\d+: .*? examples/s, (\d+) s, ETA")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +41,7 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"error: the pipeline failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         run = pipeline_runs(os.path.join(output_dir, "metadata.sqlite"), pipeline_name_for(args.task, PIPELINE_NAME))[-1]
-    fitting = sum(int(s) for s in EPOCH_SECONDS.findall(proc.stderr + proc.stdout))
+    fitting = sum(epoch["seconds"] for epoch in common.trainer_epochs(proc.stderr + proc.stdout))
     components = sum(run.seconds.values())
     rows = [[node, seconds, 100 * seconds / wall] for node, seconds in run.seconds.items()]
     rows += [["(sum of components)", components, 100 * components / wall],
