@@ -54,6 +54,14 @@ def synthetic_batch(seed: int = 0):
     return features, labels
 
 
+def synthetic_dataset(features, labels):
+    """The batch forever, without tf.data autotuning like the Trainer's input (trainer.without_autotune)."""
+    import tensorflow as tf
+    from modules import trainer
+
+    return trainer.without_autotune(tf.data.Dataset.from_tensors((features, labels)).repeat())
+
+
 def build(full_finetune: bool, jit_compile: bool = False, bf16: bool = False):
     """The pipeline's model and optimizer (trainer.build_model, trainer.compile_model) for one variant."""
     from modules import trainer
@@ -95,7 +103,7 @@ def child(args) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.intra)
     tf.config.threading.set_inter_op_parallelism_threads(args.inter)
     features, labels = synthetic_batch()
-    dataset = tf.data.Dataset.from_tensors((features, labels)).repeat()
+    dataset = synthetic_dataset(features, labels)
     model = build(full_finetune=False)
     fit_rate(model, dataset, 2)  # trace and warm up
     rates = [fit_rate(model, dataset, args.steps) for _ in range(args.child_repeats)]
@@ -123,7 +131,7 @@ def main() -> None:
     import tensorflow as tf
 
     features, labels = synthetic_batch()
-    dataset = tf.data.Dataset.from_tensors((features, labels)).repeat()
+    dataset = synthetic_dataset(features, labels)
 
     print("building models (6 copies of MiniLM)...")
     models = {

@@ -161,6 +161,14 @@ def test_unshuffled_bucketed_dataset_is_the_same_every_time(examples) -> None:
     assert [f["input_ids"].tolist() for f, _ in first] == [f["input_ids"].tolist() for f, _ in second]
 
 
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_training_and_eval_datasets_run_without_tf_data_autotuning(examples, bucketing) -> None:
+    # An autotuned iterator's destructor waits for the tuner's next wake-up (up to the epoch's own length).
+    pattern, _, _ = examples
+    dataset = make_dataset([pattern], FEATURE_SPEC, 8, MAX_SEQ_LENGTH, shuffle_seed=1, bucketing=bucketing)
+    assert dataset.options().autotune.enabled is False
+
+
 def test_missing_files_are_an_error_naming_the_pattern(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         make_dataset([str(tmp_path / "nothing-here*.gz")], FEATURE_SPEC, 8, MAX_SEQ_LENGTH, None, True)
