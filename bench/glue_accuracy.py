@@ -9,7 +9,7 @@ with the flags printed in the results; the metric reported is the Evaluator's on
 output directory, so ExampleGen and Transform run once per task and are cached after. Results are appended
 to bench/results/glue_accuracy.json after each run: an interrupted sweep resumes where it stopped.
 
-The plan (same epoch budget for every row, `--epochs`):
+The plan (same epoch budget for every row of one invocation, `--epochs`; the table has a row per budget):
   adapters    Houlsby adapters, bottleneck 64, learning rate 3e-4, layer norms and head trained
   full        full fine-tuning, learning rate 3e-5 (BERT's usual; 3e-4 measured on MRPC too)
   sweep       MRPC adapters with bottleneck 8 and 256, and learning rates 3e-5 and 3e-3 (the paper's grids)
@@ -186,16 +186,21 @@ def report(results: Dict[str, Any]) -> None:
     main = []
     for task in TASK_DIRS:
         settings = groups([r for r in rows if r["task"] == task])
-        adapters = settings.get((task, "adapters", BOTTLENECK, ADAPTER_LR, rows[0]["epochs"]), [])
-        full = settings.get((task, "full", None, FULL_LR, rows[0]["epochs"]), [])
-        if not adapters:
-            continue
-        metric = main_metric(task)
-        main.append([task, metric, summary([r["metrics"][metric] for r in adapters]),
-                     summary([r["metrics"][metric] for r in full]) if full else "-",
-                     f"{adapters[0]['trainable_percent']:.2f}"])
-    print_table(["task", "metric", "adapters", "full fine-tuning", "adapters' trained %"], main)
-    plot(rows)
+        for epochs in sorted({r["epochs"] for r in rows if r["task"] == task}):
+            adapters = settings.get((task, "adapters", BOTTLENECK, ADAPTER_LR, epochs), [])
+            full = settings.get((task, "full", None, FULL_LR, epochs), [])
+            if not adapters:
+                continue
+            metric = main_metric(task)
+            main.append([task, metric, epochs, summary([r["metrics"][metric] for r in adapters]),
+                         summary([r["metrics"][metric] for r in full]) if full else "-",
+                         f"{adapters[0]['trainable_percent']:.2f}"])
+    print_table(["task", "metric", "epochs", "adapters", "full fine-tuning", "adapters' trained %"], main)
+    # The bottleneck sweep's budget: the epochs at which the most bottleneck sizes were measured.
+    sizes = {}
+    for row in rows:
+        sizes.setdefault(row["epochs"], set()).add(row["bottleneck_size"] if row["method"] == "adapters" else None)
+    plot([r for r in rows if r["epochs"] == max(sizes, key=lambda e: len(sizes[e]))])
 
 
 def plot(rows: List[Dict[str, Any]]) -> None:
@@ -226,7 +231,8 @@ def plot(rows: List[Dict[str, Any]]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("trained parameters (% of the model, log scale)")
     ax.set_ylabel("GLUE dev score (main metric)")
-    ax.set_title("MiniLM-L6 adapters vs full fine-tuning (mean ± sd over seeds)")
+    ax.set_title(f"MiniLM-L6 adapters vs full fine-tuning, {rows[0]['epochs']} epochs (mean ± sd over seeds)",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

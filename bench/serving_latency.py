@@ -4,15 +4,17 @@
 
 trainer.export_serving_model needs a TFTransformOutput (the Transform stage's artifact), which this
 benchmark does not have, so it exports an EQUIVALENT tf.Module: the Transform tokenizer
-(modules.preprocessing.BertPairTokenizer, MiniLM vocabulary, max_seq_length 128, fixed padding as the
-Transform output has) + the model + trainer.predict_outputs, under a `predict_text(sentence1, sentence2)`
-signature like ServingModule.text_signature. Both SavedModels are reloaded with tf.saved_model.load and
-called through the signature in-process (no TF Serving binary on these machines).
+(modules.preprocessing.BertPairTokenizer, MiniLM vocabulary, max_seq_length 128) + trainer.model_inputs + the
+model + trainer.predict_outputs, under a `predict_text(sentence1, sentence2)` signature like
+ServingModule.text_signature. The SavedModels are reloaded with tf.saved_model.load and called through the
+signature in-process (no TF Serving binary on these machines).
 
   adapter: AdapterBertClassifier (Houlsby adapters, bottleneck 64)
   plain:   AdapterBertClassifier(full_finetune=True): the same backbone and head, no adapters
+  *_fixed128: the same models fed the Transform output's fixed padding to 128, as exported before
+              trainer.model_inputs cut each batch to its longest example
 
-Batch 1: `--calls` calls per model on MRPC dev sentence pairs, the two models alternating call by call;
+Batch 1: `--calls` calls per model on MRPC dev sentence pairs, the models alternating call by call;
 median and p95 latency. Batch 32: `--batch-repeats` interleaved measurements of 5 calls; examples/s.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
-def export(model, tokenizer_settings, directory: str) -> None:
+def export(model, tokenizer_settings, directory: str, trim: bool) -> None:
     import tensorflow as tf
     from modules import trainer
     from modules.glue import get_task
@@ -45,7 +47,8 @@ def export(model, tokenizer_settings, directory: str) -> None:
                                       tf.TensorSpec([None], tf.string, name="sentence2")])
         def predict_text(self, sentence1, sentence2):
             features = self.tokenizer(sentence1, sentence2)
-            return trainer.predict_outputs(task, self.model({k: features[k] for k in INPUT_NAMES}, training=False))
+            features = trainer.model_inputs(features) if trim else {k: features[k] for k in INPUT_NAMES}
+            return trainer.predict_outputs(task, self.model(features, training=False))
 
     module = TextServing()
     tf.saved_model.save(module, directory, signatures={trainer.TEXT_SIGNATURE: module.predict_text.get_concrete_function()})
@@ -93,8 +96,9 @@ def main() -> None:
             adapter_head = model.classifier.get_weights()
         else:  # the plain model gets the same head weights as the adapter model
             model.classifier.set_weights(adapter_head)
-        export(model, settings, os.path.join(scratch, name))
-        signatures[name] = tf.saved_model.load(os.path.join(scratch, name)).signatures[trainer.TEXT_SIGNATURE]
+        for variant, trim in ((name, True), (f"{name}_fixed128", False)):
+            export(model, settings, os.path.join(scratch, variant), trim)
+            signatures[variant] = tf.saved_model.load(os.path.join(scratch, variant)).signatures[trainer.TEXT_SIGNATURE]
 
     data, source = pairs(max(args.calls, 32 * 5))
     one = [(tf.constant([a]), tf.constant([b])) for a, b in data[:args.calls]]
@@ -121,9 +125,14 @@ def main() -> None:
     stats = {n: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)), "calls": len(v)}
              for n, v in latency.items()}
     tput = {n: {"values": v, "median": common.median(v)} for n, v in throughput.items()}
-    ratios = {"batch1 median latency adapter/plain": stats["adapter"]["median_ms"] / stats["plain"]["median_ms"],
-              "batch1 p95 latency adapter/plain": stats["adapter"]["p95_ms"] / stats["plain"]["p95_ms"],
-              "batch32 throughput adapter/plain": tput["adapter"]["median"] / tput["plain"]["median"]}
+    ratios = {}
+    for suffix in ("", "_fixed128"):
+        a, p = "adapter" + suffix, "plain" + suffix
+        ratios.update({f"batch1 median latency {a}/{p}": stats[a]["median_ms"] / stats[p]["median_ms"],
+                       f"batch1 p95 latency {a}/{p}": stats[a]["p95_ms"] / stats[p]["p95_ms"],
+                       f"batch32 throughput {a}/{p}": tput[a]["median"] / tput[p]["median"]})
+    ratios["batch1 median latency plain_fixed128/plain (trimming's speed-up)"] = (
+        stats["plain_fixed128"]["median_ms"] / stats["plain"]["median_ms"])
     targets = {"batch 1 within 5%": ratios["batch1 median latency adapter/plain"] <= 1.05,
                "batch 32 within 5%": ratios["batch32 throughput adapter/plain"] >= 1 / 1.05}
     print()
@@ -135,7 +144,9 @@ def main() -> None:
     common.write_results("serving_latency", {
         "settings": {"export": "equivalent tf.Module (BertPairTokenizer + model + trainer.predict_outputs), "
                                "signature predict_text; not trainer.export_serving_model (needs a TFT output)",
-                     "max_seq_length": 128, "padding": "fixed 128 (as the Transform output)", "data": source,
+                     "max_seq_length": 128, "data": source,
+                     "padding": "adapter, plain: cut to the batch's longest example (trainer.model_inputs, as "
+                                "exported); *_fixed128: the Transform output's fixed 128",
                      "batch1_calls_per_model": args.calls, "batch32_repeats": args.batch_repeats,
                      "batch32_calls_per_measurement": len(batches)},
         "batch1_latency": {**stats, "values_ms": latency}, "batch32_examples_per_second": tput,

@@ -221,11 +221,11 @@ class BundleModule(tf.Module):
 
     def task_outputs(self, name: str, sentence1: tf.Tensor, sentence2: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
         """One task's outputs, named and shaped as in its single-task model."""
-        from modules.trainer import predict_outputs
+        from modules.trainer import model_inputs, predict_outputs
 
         task = self.tasks[name]
         tokenize = self._tokenizer_function(self._py.tokenizers[name], pair=task.text_b is not None)
-        features = tokenize(sentence1, sentence2) if task.text_b is not None else tokenize(sentence1)
+        features = model_inputs(tokenize(sentence1, sentence2) if task.text_b is not None else tokenize(sentence1))
         logits = self._model_function(name)(*[features[key] for key in INPUT_NAMES])
         return predict_outputs(task, logits)
 
@@ -244,8 +244,8 @@ class BundleModule(tf.Module):
     def _model_function(self, name: str) -> tf.types.experimental.GenericFunction:
         """The task model as one tf.function, traced once and called by both of the task's signatures."""
         if name not in self._py.model_functions:
-            model, length = self._py.models[name], self._py.tokenizers[name].max_seq_length
-            spec = tf.TensorSpec([None, length], tf.int64)
+            model = self._py.models[name]
+            spec = tf.TensorSpec([None, None], tf.int64)  # batches cut to their longest example
 
             @tf.function(input_signature=[spec] * len(INPUT_NAMES), autograph=False)
             def logits(*features):

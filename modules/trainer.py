@@ -39,9 +39,9 @@ from modules import backbone as backbone_lib
 from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
 from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
 from modules.model import INPUT_NAMES, AdapterBertClassifier, save_adapter_weights
+from modules.preprocessing import LENGTH as LENGTH_FEATURE
 from pipeline.configs import TrainingConfig
 
-LENGTH_FEATURE = "length"
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
 TEXT_SIGNATURE = "predict_text"
 
@@ -82,6 +82,13 @@ def _read_transformed(file_patterns: List[str], feature_spec: Dict) -> tf.data.D
     return records.batch(512).map(lambda r: tf.io.parse_example(r, feature_spec)).unbatch()
 
 
+def model_inputs(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The model's inputs cut to the batch's longest example: the padding beyond it is masked out of attention,
+    so the outputs are the same, computed on fewer tokens (most GLUE sentences are far shorter than 128)."""
+    length = tf.maximum(tf.reduce_max(features[LENGTH_FEATURE]), 1)
+    return {name: features[name][:, :length] for name in INPUT_NAMES}
+
+
 def make_dataset(
     file_patterns: List[str],
     feature_spec: Dict,
@@ -105,8 +112,8 @@ def make_dataset(
         dataset = dataset.batch(batch_size)
 
     def split(features: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
-        length = tf.reduce_max(features[LENGTH_FEATURE]) if bucketing else max_seq_length
-        return {name: features[name][:, :length] for name in INPUT_NAMES}, features[FEATURE_LABEL]
+        inputs = model_inputs(features) if bucketing else {name: features[name] for name in INPUT_NAMES}
+        return inputs, features[FEATURE_LABEL]
 
     # Under a multi-worker strategy every worker reads all files in the same order and keeps its own part of
     # each global batch (auto-sharding by files would give workers different examples and step counts).
@@ -303,8 +310,7 @@ class ServingModule(tf.Module):
 
     def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         transformed = self.tft_layer(raw_features)
-        features = {name: transformed[name] for name in INPUT_NAMES}
-        return predict_outputs(self.task, self.model(features, training=False))
+        return predict_outputs(self.task, self.model(model_inputs(transformed), training=False))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules.trainer import WarmupLinearDecay, make_dataset
+from modules.trainer import WarmupLinearDecay, make_dataset, model_inputs
 from tiny_bert import write_tiny_bert
 
 MAX_SEQ_LENGTH = 32
@@ -167,6 +167,16 @@ def test_training_and_eval_datasets_run_without_tf_data_autotuning(examples, buc
     pattern, _, _ = examples
     dataset = make_dataset([pattern], FEATURE_SPEC, 8, MAX_SEQ_LENGTH, shuffle_seed=1, bucketing=bucketing)
     assert dataset.options().autotune.enabled is False
+
+
+def test_model_inputs_are_cut_to_the_longest_example_of_the_batch() -> None:
+    padded = tf.constant([[101, 7, 102, 0, 0, 0], [101, 7, 8, 9, 102, 0]], tf.int64)
+    features = {"input_ids": padded, "attention_mask": tf.cast(padded > 0, tf.int64),
+                "token_type_ids": tf.zeros_like(padded), "length": tf.constant([3, 5], tf.int64), "label": [0, 1]}
+    inputs = model_inputs(features)
+    assert sorted(inputs) == ["attention_mask", "input_ids", "token_type_ids"]
+    assert inputs["input_ids"].numpy().tolist() == [[101, 7, 102, 0, 0], [101, 7, 8, 9, 102]]
+    assert inputs["attention_mask"].shape == (2, 5)
 
 
 def test_missing_files_are_an_error_naming_the_pattern(tmp_path) -> None:
