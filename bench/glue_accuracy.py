@@ -109,7 +109,7 @@ def run_pipeline(run: Run, epochs: int, output_dir: str, data_dir: str) -> Dict[
 
     cmd = [sys.executable, "-m", "pipeline.run", *run.flags(epochs), "--no_baseline", "--data_dir", data_dir,
            "--output_dir", output_dir]
-    log_path = os.path.join(output_dir, "logs", run.key + ".log")
+    log_path = os.path.join(output_dir, "logs", f"{run.key}-e{epochs}.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()
     with open(log_path, "w") as log:
@@ -196,45 +196,44 @@ def report(results: Dict[str, Any]) -> None:
                          summary([r["metrics"][metric] for r in full]) if full else "-",
                          f"{adapters[0]['trainable_percent']:.2f}"])
     print_table(["task", "metric", "epochs", "adapters", "full fine-tuning", "adapters' trained %"], main)
-    # The bottleneck sweep's budget: the epochs at which the most bottleneck sizes were measured.
-    sizes = {}
-    for row in rows:
-        sizes.setdefault(row["epochs"], set()).add(row["bottleneck_size"] if row["method"] == "adapters" else None)
-    plot([r for r in rows if r["epochs"] == max(sizes, key=lambda e: len(sizes[e]))])
+    plot(rows)
 
 
 def plot(rows: List[Dict[str, Any]]) -> None:
-    """Dev score against trained parameters (% of the model) for each bottleneck size and full fine-tuning."""
+    """Dev score against trained parameters (% of the model): the bottleneck sizes and full fine-tuning, one
+    line per task and epoch budget (solid: the fewest epochs, dashed: more)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for task in TASK_DIRS:
-        points = []
-        for (t, method, size, lr, _), members in groups(rows).items():
-            if t != task or isinstance(size, str) or lr != (FULL_LR if method == "full" else ADAPTER_LR):
+    budgets = sorted({r["epochs"] for r in rows})
+    for color, task in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], TASK_DIRS):
+        for epochs in budgets:
+            points = []
+            for (t, method, size, lr, e), members in groups(rows).items():
+                if t != task or e != epochs or isinstance(size, str) or lr != (FULL_LR if method == "full" else ADAPTER_LR):
+                    continue
+                values = [100 * m["metrics"][main_metric(task)] for m in members]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                points.append((members[0]["trainable_percent"], statistics.mean(values), spread, method, size))
+            if len(points) < 2:
                 continue
-            metric = main_metric(members[0]["task"])
-            values = [100 * m["metrics"][metric] for m in members]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            points.append((members[0]["trainable_percent"], statistics.mean(values), spread, method, size))
-        if len(points) < 2:
-            continue
-        points.sort()
-        xs, ys, errs = zip(*[(p[0], p[1], p[2]) for p in points])
-        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{task} ({main_metric(task)})")
-        for x, y, _, method, size in points:
-            ax.annotate("full FT" if method == "full" else f"b={size}", (x, y), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color=line[0].get_color())
+            points.sort()
+            xs, ys, errs = zip(*[(p[0], p[1], p[2]) for p in points])
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=color,
+                        linestyle="-" if epochs == budgets[0] else "--",
+                        label=f"{task} ({main_metric(task)}), {epochs} epochs")
+            for x, y, _, method, size in points:
+                ax.annotate("full FT" if method == "full" else f"b={size}", (x, y), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7, color=color)
     ax.set_xscale("log")
     ax.set_xlabel("trained parameters (% of the model, log scale)")
     ax.set_ylabel("GLUE dev score (main metric)")
-    ax.set_title(f"MiniLM-L6 adapters vs full fine-tuning, {rows[0]['epochs']} epochs (mean ± sd over seeds)",
-                 fontsize=10)
+    ax.set_title("MiniLM-L6 adapters vs full fine-tuning (mean ± sd over seeds)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(PLOT), exist_ok=True)
     fig.savefig(PLOT, dpi=120)
