@@ -208,11 +208,11 @@ def plot(rows: List[Dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    budgets = sorted({r["epochs"] for r in rows})
+    budgets, grouped = sorted({r["epochs"] for r in rows}), groups(rows)
     for color, task in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], TASK_DIRS):
         for epochs in budgets:
             points = []
-            for (t, method, size, lr, e), members in groups(rows).items():
+            for (t, method, size, lr, e), members in grouped.items():
                 if t != task or e != epochs or isinstance(size, str) or lr != (FULL_LR if method == "full" else ADAPTER_LR):
                     continue
                 values = [100 * m["metrics"][main_metric(task)] for m in members]

@@ -73,12 +73,13 @@ def main() -> None:
     modes, models, datasets, padded = ("fixed", "bucketed"), {}, {}, {}
     for mode in modes:
         dataset = trainer.make_dataset([records], spec, BATCH, SEQ, shuffle_seed=config.seed, bucketing=mode == "bucketed")
-        padded[mode] = [int(np.prod(x["input_ids"].shape)) for x, _ in dataset]  # one epoch's batch x length
+        masks = [x["attention_mask"] for x, _ in dataset]  # one epoch's batches
+        padded[mode] = [int(np.prod(mask.shape)) for mask in masks]  # batch x padded length
+        real_tokens = int(sum(int(np.sum(mask)) for mask in masks))  # the same in both modes
         datasets[mode] = dataset.apply(tf.data.experimental.assert_cardinality(len(padded[mode])))
         models[mode] = trainer.build_model(config, task)
         trainer.compile_model(models[mode], config, task, total_steps=len(padded[mode]) * config.epochs)
     models["bucketed"].set_weights(models["fixed"].get_weights())
-    real_tokens = int(sum(int(np.sum(x["attention_mask"])) for x, _ in datasets["fixed"]))
 
     def epoch(mode: str) -> float:
         start = time.perf_counter()
