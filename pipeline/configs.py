@@ -18,6 +18,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the GLUE data of a machine of this project lives, unless --data_dir says otherwise.
 DEFAULT_DATA_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
 DEFAULT_OUTPUT_DIR = os.path.join(REPO_ROOT, "outputs")
+# A model is blessed only if its main metric beats the best constant predictor's score on the same eval split by
+# at least this much (absolute). 0.01 is about 4 of MRPC's 408 dev examples, 3 of RTE's 277: more than rounding,
+# less than what a model that learned the task gains (docs/failure_behaviour.md lists the floors per task).
+DEFAULT_CONSTANT_MARGIN = 0.01
 DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
 PRECISIONS = ("float32", "mixed_bfloat16")  # TrainingConfig.precision: Keras mixed-precision policies
 
