@@ -238,6 +238,34 @@ def test_the_thresholds_reach_the_compiled_kubeflow_spec(tmp_path) -> None:
     assert "TrainabilityGate" in tasks["Transform"]["dependentTasks"]
 
 
+def test_in_the_pipeline_everything_that_trains_or_pushes_waits_for_the_gate(tmp_path) -> None:
+    from pipeline.configs import TrainingConfig
+    from pipeline.pipeline import create_pipeline
+
+    data_dir = write_files(str(tmp_path / "glue"), "stsb", {"train.tsv": rows([1.0, 4.0], 1), "dev.tsv": rows([2.0], 2)})
+    pipeline = create_pipeline(pipeline_name="p", pipeline_root=str(tmp_path / "root"), data_dir=data_dir,
+                               serving_dir=str(tmp_path / "serving"), config=TrainingConfig(task="stsb", batch_size=4),
+                               data_checks=DataChecks(max_label_js=0.25, min_class_share=0.3, max_pair_overlap=0.0))
+    nodes = {component.id: component for component in pipeline.components}
+
+    def ancestors(node_id: str) -> set:
+        found, todo = set(), [node_id]
+        while todo:
+            for upstream in nodes[todo.pop()].upstream_nodes:
+                if upstream.id not in found:
+                    found.add(upstream.id)
+                    todo.append(upstream.id)
+        return found
+
+    assert {"StatisticsGen", "GlueSchemaGen", "DataGate", "GlueExampleGen"} <= ancestors("TrainabilityGate")
+    for node_id in ("Transform", "Trainer", "Evaluator_eval", "Pusher"):
+        assert "TrainabilityGate" in ancestors(node_id), node_id
+    assert nodes["StatisticsGen"].inputs["schema"] is nodes["GlueSchemaGen"].outputs["schema"]  # categorical label
+    assert nodes["GlueSchemaGen"].exec_properties["max_label_skew"] == 0.25  # a score: Jensen-Shannon
+    assert {k: nodes["TrainabilityGate"].exec_properties[k] for k in ("batch_size", "min_class_share", "max_pair_overlap")} \
+        == {"batch_size": 4, "min_class_share": 0.3, "max_pair_overlap": 0.0}
+
+
 # ---------------------------------------------------------------------------- 3. the real GLUE tasks
 
 @pytest.mark.parametrize("task_name", sorted(TASKS))
