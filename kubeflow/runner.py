@@ -64,7 +64,7 @@ def compile_pipeline(args: argparse.Namespace, beam_args: List[str]) -> Tuple[st
         pipeline_name=name, pipeline_root=args.pipeline_root, data_dir=args.data_dir, serving_dir=args.serving_dir,
         config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
         compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
-        beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
+        beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=run.data_checks(args),
     )
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         # Schema 2.1.0, the one the KFP 2 SDK writes; TFX defaults to the older 2.0.0 (deprecated parameter fields).

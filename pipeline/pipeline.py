@@ -1,8 +1,8 @@
 """`create_pipeline`: the one definition of the pipeline, used unchanged by every runner (local Beam, Kubeflow).
 
-GlueExampleGen -> StatisticsGen -> GlueSchemaGen -> ExampleValidator -> DataGate -> Transform -> Trainer
--> Evaluator per eval split (the first one gated: against the served model, above the constant predictor)
--> AtomicPusher.
+GlueExampleGen -> StatisticsGen (with GlueSchemaGen's schema) -> ExampleValidator -> DataGate -> TrainabilityGate
+-> Transform -> Trainer -> Evaluator per eval split (the first one gated: against the served model, above the
+constant predictor) -> AtomicPusher.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from components.evaluator import GatedEvaluator
 from components.glue_example_gen.component import GlueExampleGen
 from components.glue_schema_gen import GlueSchemaGen
 from components.pusher import AtomicPusher
+from components.trainability_gate import TrainabilityGate
 from modules.glue import get_task
 from modules.metrics import evaluator_configs
-from pipeline.configs import DEFAULT_CONSTANT_MARGIN, TrainingConfig
+from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks, TrainingConfig
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
@@ -50,6 +51,7 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
+    data_checks: DataChecks = DataChecks(),
 ) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline for one GLUE task.
 
@@ -59,20 +61,28 @@ def create_pipeline(
       max_regression: a model more than this below the served model's main metric is not blessed.
       compare_with_baseline: False blesses without comparing with the served model (an explicit opt-out).
       constant_margin: the main metric must beat the constant predictor's score on eval by at least this.
+      data_checks: the thresholds of TrainabilityGate, which stops the run before Transform.
     """
     if constant_margin < 0:
         raise ValueError(f"--constant_margin must be >= 0 (it can only raise the floor), got {constant_margin}.")
     task = get_task(config.task)
     example_gen = GlueExampleGen(data_dir=data_dir, task=task.name)
     labeled_splits = ["train", *task.eval_splits]
-    statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"], exclude_splits=list(task.test_splits)
+    schema_gen = GlueSchemaGen(task=task.name, max_label_skew=data_checks.max_label_skew(task))
+    statistics_gen = tfx.components.StatisticsGen(  # the schema makes the label categorical: class counts
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        exclude_splits=list(task.test_splits),
     )
-    schema_gen = GlueSchemaGen(task=task.name)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
     data_gate = DataGate(anomalies=example_validator.outputs["anomalies"])
+    trainability_gate = TrainabilityGate(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+        examples=example_gen.outputs["examples"], task=task.name, batch_size=config.batch_size,
+        min_class_share=data_checks.min_class_share, max_pair_overlap=data_checks.max_pair_overlap,
+    )
+    trainability_gate.add_upstream_node(data_gate)  # its checks assume data that matches the schema
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
@@ -80,7 +90,7 @@ def create_pipeline(
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=labeled_splits),
         custom_config=config.to_dict(),
     )
-    transform.add_upstream_node(data_gate)
+    transform.add_upstream_node(trainability_gate)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -115,8 +125,8 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer,
-                    *evaluators, pusher],
+        components=[example_gen, schema_gen, statistics_gen, example_validator, data_gate, trainability_gate,
+                    transform, trainer, *evaluators, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

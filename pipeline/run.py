@@ -32,6 +32,17 @@ TRAINING_FLAGS = {
     "learning_rate": float, "warmup_ratio": float, "weight_decay": float,
     "non_linearity": str, "placement": str, "precision": str,
 }
+# pipeline.configs.DataChecks' thresholds: TrainabilityGate stops the run before training beyond them.
+DATA_CHECK_FLAGS = {
+    "min_class_share": "stop before training if a class has no training example, or fewer than this fraction of "
+                       "an even share of them (0.1: 5%% with 2 classes)",
+    "max_label_linf": "stop before training if the class distributions of train and an eval split are further apart "
+                      "(L-infinity distance: the largest difference of a class's share)",
+    "max_label_js": "stop before training if the score distributions of train and an eval split are further apart "
+                    "(Jensen-Shannon divergence; regression tasks such as STS-B)",
+    "max_pair_overlap": "stop before training if a larger share of an eval split's examples have a "
+                        "(sentence1, sentence2) pair that is also in train",
+}
 
 
 def split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -63,6 +74,10 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_baseline", action="store_true",
                         help="opt out of the comparison with the served model (blessing then rests on the floor alone)")
     parser.add_argument("--no_cache", action="store_true", help="rerun every component even if its inputs are unchanged")
+    checks = configs.DataChecks()
+    for flag, help_text in DATA_CHECK_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=float, default=getattr(checks, flag),
+                            help=f"{help_text} (default %(default)s)")
 
 
 def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
@@ -98,6 +113,11 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> co
     backbone_lib.tokenizer_settings(model_dir)
     backbone_lib.check_max_seq_length(config.max_seq_length, bert_config)
     return config
+
+
+def data_checks(args: argparse.Namespace) -> configs.DataChecks:
+    """The validated thresholds of the checks that stop a run before training (TrainabilityGate)."""
+    return configs.DataChecks(**{flag: getattr(args, flag) for flag in DATA_CHECK_FLAGS})
 
 
 def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_seconds: float) -> None:
@@ -139,6 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = training_config(args)
+        checks = data_checks(args)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     from tfx import v1 as tfx
@@ -153,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             pipeline_name=name, pipeline_root=pipeline_root, data_dir=args.data_dir, serving_dir=serving_dir,
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
             compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
-            beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
+            beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=checks,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

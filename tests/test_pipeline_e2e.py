@@ -30,7 +30,8 @@ MAX_SEQ_LENGTH = 32
 TRAIN_ROWS, EVAL_ROWS = 128, 32
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"
 # Upstream of the resolver, Evaluator and Pusher: their inputs do not change between two identical runs.
-CACHEABLE = ("GlueExampleGen", "StatisticsGen", "GlueSchemaGen", "ExampleValidator", "DataGate", "Transform", "Trainer")
+CACHEABLE = ("GlueExampleGen", "StatisticsGen", "GlueSchemaGen", "ExampleValidator", "DataGate", "TrainabilityGate",
+             "Transform", "Trainer")
 
 SUBJECTS = ["The company", "The president", "Analysts", "The police", "Investors", "The court", "My father",
             "The children", "Our school", "The government"]
