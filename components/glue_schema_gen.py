@@ -2,7 +2,9 @@
 
 An inferred schema describes whatever data arrived, so ExampleValidator could never object to it. This
 one states what the table promises: two non-empty string features, an integer label in
-[0, num_labels) or a float score in [0, 5], and an integer index, on every train and eval example.
+[0, num_labels) or a float score in [0, 5], and an integer index, on every train and eval example. It also
+says how far the label distribution of an eval split may be from train's (TFDV's skew comparator on the label),
+which TrainabilityGate applies.
 """
 
 import os
@@ -42,7 +44,23 @@ def glue_schema(task_name: str) -> schema_pb2.Schema:
     return schema
 
 
+def add_label_skew_comparator(schema: schema_pb2.Schema, task_name: str, max_label_skew: float) -> None:
+    """Bounds the distance between the label distributions of train and an eval split: TFDV's L-infinity
+    distance between class distributions, or Jensen-Shannon divergence between score histograms (regression).
+
+    A skew comparator, because the eval split stands for the data the model will serve. ExampleValidator never
+    applies it (it validates each split alone); TrainabilityGate compares train with each eval split.
+    """
+    label = schema_util.get_feature(schema, FEATURE_LABEL)
+    if get_task(task_name).is_regression:
+        label.skew_comparator.jensen_shannon_divergence.threshold = max_label_skew
+    else:
+        label.skew_comparator.infinity_norm.threshold = max_label_skew
+
+
 @tfx.dsl.components.component
-def GlueSchemaGen(task: tfx.dsl.components.Parameter[str],
+def GlueSchemaGen(task: tfx.dsl.components.Parameter[str], max_label_skew: tfx.dsl.components.Parameter[float],
                   schema: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Schema]) -> None:
-    schema_util.write_schema_text(glue_schema(task), os.path.join(schema.uri, SCHEMA_FILE))
+    written = glue_schema(task)
+    add_label_skew_comparator(written, task, max_label_skew)
+    schema_util.write_schema_text(written, os.path.join(schema.uri, SCHEMA_FILE))

@@ -18,6 +18,9 @@ Here, per push:
      `.tmp-*` directory, which is never loaded and is reported (and removed when older than a day)
      by the next push.
 
+A model whose files equal those of the version being served (the highest) is not pushed again: the gated
+Evaluator runs on every pipeline run, so an unchanged rerun blesses the same model a second time.
+
 Why `.tmp-...` is invisible to TF Serving: its FileSystemStoragePathSource keeps only children whose
 whole name parses as a number (tensorflow_serving/sources/storage_path/file_system_storage_path_source.cc:
 ParseVersionNumber = strings::safe_strto64, which accepts optional spaces, an optional '-', digits and
@@ -49,6 +52,7 @@ TEMP_PREFIX = ".tmp-"
 SAVED_MODEL_FILE = "saved_model.pb"
 STALE_TEMP_SECONDS = 24 * 3600
 _MAX_VERSION_ATTEMPTS = 100
+_COMPARE_CHUNK = 16 << 20
 _VERSION_NAME = re.compile(r"^[0-9]+$")
 
 
@@ -147,6 +151,32 @@ def _publish(temp_dir: str, base_directory: str, first_version: int) -> int:
                        f"after {_MAX_VERSION_ATTEMPTS} attempts.")
 
 
+def _files(root: str) -> Dict[str, str]:
+    """Relative path -> absolute path of every file under root."""
+    root = root.rstrip("/")
+    return {os.path.relpath(os.path.join(directory.rstrip("/"), name), root): os.path.join(directory, name)
+            for directory, _, names in fileio.walk(root) for name in names}
+
+
+def served_version_of(model_path: str, base_directory: str) -> Optional[str]:
+    """The version being served (the highest) if its files are byte for byte those of model_path, else None."""
+    versions = existing_versions(base_directory)
+    if not versions:
+        return None
+    served, ours = _files(os.path.join(base_directory, str(versions[-1]))), _files(model_path)
+    if served.keys() != ours.keys():
+        return None
+    for relative, path in ours.items():
+        with fileio.open(path, "rb") as a, fileio.open(served[relative], "rb") as b:
+            while True:
+                chunk = a.read(_COMPARE_CHUNK)
+                if chunk != b.read(_COMPARE_CHUNK):
+                    return None
+                if not chunk:
+                    break
+    return str(versions[-1])
+
+
 def push_model(model_path: str, base_directory: str) -> str:
     """Publishes model_path as a new version under base_directory, atomically; returns the version."""
     if not fileio.exists(os.path.join(model_path, SAVED_MODEL_FILE)):
@@ -182,9 +212,14 @@ class Executor(pusher_executor.Executor):
         if destination.filesystem.versioning not in (pusher_pb2.Versioning.AUTO, pusher_pb2.Versioning.UNIX_TIMESTAMP):
             raise NotImplementedError(f"Invalid versioning {destination.filesystem.versioning}.")
         base_directory = destination.filesystem.base_directory
-        version = push_model(model_path, base_directory)
+        version = served_version_of(model_path, base_directory)
+        if version:
+            logging.info("This model is already served as %s; not pushing it again.",
+                         os.path.join(base_directory, version))
+        else:
+            version = push_model(model_path, base_directory)
+            logging.info("Model written to serving path %s.", os.path.join(base_directory, version))
         serving_path = os.path.join(base_directory, version)
-        logging.info("Model written to serving path %s.", serving_path)
         io_utils.copy_dir(model_path, model_push.uri)  # the archive copy inside the pipeline root, as TFX does
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
 

@@ -56,20 +56,23 @@ def compile_pipeline(args: argparse.Namespace, beam_args: List[str]) -> Tuple[st
     """Builds the pipeline and its PipelineJob; returns the output path and the job as a dict."""
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline, pipeline_name_for
+    from pipeline.pipeline import UNCACHED_NODES, create_pipeline, pipeline_name_for
 
     config = run.training_config(args, check_backbone=False)
     name = pipeline_name_for(config.task, configs.PIPELINE_NAME)
     pipeline = create_pipeline(
         pipeline_name=name, pipeline_root=args.pipeline_root, data_dir=args.data_dir, serving_dir=args.serving_dir,
         config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
-        compare_with_baseline=not args.no_baseline, beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
+        compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
+        beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=run.data_checks(args),
     )
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         # Schema 2.1.0, the one the KFP 2 SDK writes; TFX defaults to the older 2.0.0 (deprecated parameter fields).
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image, use_pipeline_spec_2_1=True),
     )
     job = runner.run(pipeline, write_out=False)
+    for node in UNCACHED_NODES:  # they compare with what is served now: never reuse an earlier run's result
+        job["pipelineSpec"]["root"]["dag"]["tasks"][node].pop("cachingOptions", None)
     # The YAML has no runtimeConfig: keep the root in the spec too, as the KFP SDK does, for runs submitted without one.
     job["pipelineSpec"]["defaultPipelineRoot"] = args.pipeline_root
     return args.output or f"{name}.json", job

@@ -39,6 +39,8 @@ SIGNATURE_NAME = "serving_default"
 
 DEFAULT_MIN_VALUE = 0.0
 DEFAULT_TOLERANCE = 0.01
+# How the summary names a metric.
+DISPLAY_NAMES = {"f1": "F1", "mcc": "MCC", "accuracy": "accuracy", "pearson": "Pearson", "spearman": "Spearman"}
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -107,6 +109,18 @@ def glue_metrics(task: glue.GlueTask, labels: Iterable[float], predictions: Iter
         "spearman": lambda: _pearson(_average_ranks(labels), _average_ranks(predictions)),
     }
     return {name: compute[name]() for name in task.metrics}
+
+
+def constant_predictor_score(task: glue.GlueTask, metric: str, labels: Iterable[float]) -> float:
+    """The best `metric` a model scores by answering the same thing for every example of `labels`.
+
+    Classification: the best single class (majority-class accuracy, the F1 of always answering the positive
+    class, MCC 0). Regression: correlations of a constant are undefined; a constant predictor scores 0.
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    answers = [labels.mean()] if task.is_regression else range(task.num_labels)
+    scores = [glue_metrics(task, labels, np.full_like(labels, answer))[metric] for answer in answers]
+    return max(0.0 if np.isnan(score) else score for score in scores)
 
 
 class GlueMetric(metric_types.Metric):
@@ -192,6 +206,16 @@ def metric_config(task: glue.GlueTask, metric: str, threshold: Optional[tfma.Met
     if threshold is not None:
         config.threshold.CopyFrom(threshold)
     return config
+
+
+def blessing_metric(config: tfma.EvalConfig) -> Tuple[tfma.MetricConfig, glue.GlueTask, str]:
+    """The MetricConfig that carries the blessing thresholds in `config`, with its task and metric name."""
+    for spec in config.metrics_specs:
+        for metric in spec.metrics:
+            if metric.class_name == GlueMetric.__name__ and metric.HasField("threshold"):
+                values = json.loads(metric.config)
+                return metric, glue.get_task(values["task"]), values["metric"]
+    raise ValueError("The eval config has no thresholded GLUE metric: nothing decides blessing.")
 
 
 def _blessing_threshold(min_value: Optional[float], tolerance: Optional[float]) -> Optional[tfma.MetricThreshold]:

@@ -1,7 +1,8 @@
 """`create_pipeline`: the one definition of the pipeline, used unchanged by every runner (local Beam, Kubeflow).
 
-GlueExampleGen -> StatisticsGen -> GlueSchemaGen -> ExampleValidator -> DataGate -> Transform -> Trainer
--> Evaluator per eval split (against the latest blessed model) -> AtomicPusher.
+GlueExampleGen -> StatisticsGen (with GlueSchemaGen's schema) -> ExampleValidator -> DataGate -> TrainabilityGate
+-> Transform -> Trainer -> Evaluator per eval split (the first one gated: against the served model, above the
+constant predictor) -> AtomicPusher.
 """
 from __future__ import annotations
 
@@ -10,17 +11,26 @@ from typing import List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from tfx.dsl.compiler import compiler
+from tfx.proto.orchestration import pipeline_pb2
 
 from components.data_gate import DataGate
+from components.evaluator import GatedEvaluator
 from components.glue_example_gen.component import GlueExampleGen
 from components.glue_schema_gen import GlueSchemaGen
 from components.pusher import AtomicPusher
+from components.trainability_gate import TrainabilityGate
 from modules.glue import get_task
 from modules.metrics import evaluator_configs
-from pipeline.configs import TrainingConfig
+from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks, TrainingConfig
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
+BLESSING_EVALUATOR = "Evaluator_eval"
+# Nodes that run on every pipeline run even when their inputs are cached: what is served can change between
+# runs (another run's push, a rollback), and the gated Evaluator compares with it. Every orchestrator applies
+# this: `compile_local` here, kubeflow.runner in the compiled spec.
+UNCACHED_NODES = (BLESSING_EVALUATOR,)
 
 
 def pipeline_name_for(task: str, prefix: str) -> str:
@@ -37,29 +47,42 @@ def create_pipeline(
     min_eval_value: float = 0.0,
     max_regression: float = 0.01,
     compare_with_baseline: bool = True,
+    constant_margin: float = DEFAULT_CONSTANT_MARGIN,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
+    data_checks: DataChecks = DataChecks(),
 ) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline for one GLUE task.
 
     Args:
-      min_eval_value: the main GLUE metric (GlueTask.metrics[0]) must reach this on eval to be blessed.
-      max_regression: a model more than this below the latest blessed model's main metric is not blessed.
-      compare_with_baseline: False drops the latest-blessed-model Resolver and the change threshold (blessing
-        then rests on min_eval_value alone): open-source Kubeflow Pipelines 2.x cannot run TFX resolver tasks.
+      min_eval_value: the main GLUE metric (GlueTask.metrics[0]) must reach this on eval to be blessed; it can
+        only raise the floor set by the constant predictor.
+      max_regression: a model more than this below the served model's main metric is not blessed.
+      compare_with_baseline: False blesses without comparing with the served model (an explicit opt-out).
+      constant_margin: the main metric must beat the constant predictor's score on eval by at least this.
+      data_checks: the thresholds of TrainabilityGate, which stops the run before Transform.
     """
+    if constant_margin < 0:
+        raise ValueError(f"--constant_margin must be >= 0 (it can only raise the floor), got {constant_margin}.")
     task = get_task(config.task)
     example_gen = GlueExampleGen(data_dir=data_dir, task=task.name)
     labeled_splits = ["train", *task.eval_splits]
-    statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"], exclude_splits=list(task.test_splits)
+    schema_gen = GlueSchemaGen(task=task.name, max_label_skew=data_checks.max_label_skew(task))
+    statistics_gen = tfx.components.StatisticsGen(  # the schema makes the label categorical: class counts
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        exclude_splits=list(task.test_splits),
     )
-    schema_gen = GlueSchemaGen(task=task.name)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
     data_gate = DataGate(anomalies=example_validator.outputs["anomalies"])
+    trainability_gate = TrainabilityGate(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+        examples=example_gen.outputs["examples"], task=task.name, batch_size=config.batch_size,
+        min_class_share=data_checks.min_class_share, max_pair_overlap=data_checks.max_pair_overlap,
+    )
+    trainability_gate.add_upstream_node(data_gate)  # its checks assume data that matches the schema
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
@@ -67,7 +90,7 @@ def create_pipeline(
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=labeled_splits),
         custom_config=config.to_dict(),
     )
-    transform.add_upstream_node(data_gate)
+    transform.add_upstream_node(trainability_gate)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -77,37 +100,43 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.to_dict(),
     )
-    baselines = [
-        tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id("latest_blessed_model_resolver")
-    ] if compare_with_baseline else []
-    evaluators = [
+    serving_base = os.path.join(serving_dir, task.name)
+    (blessing_split, blessing_config), *report_configs = evaluator_configs(
+        task, min_eval_value, max_regression if compare_with_baseline else None).items()
+    evaluators = [GatedEvaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"], eval_config=blessing_config,
+        split=blessing_split, served_models_dir=serving_base if compare_with_baseline else None,
+        constant_margin=constant_margin,
+    ).with_id(BLESSING_EVALUATOR)]
+    evaluators += [  # reported only (MNLI mismatched): an Evaluator unions its example_splits, so one per split
         tfx.components.Evaluator(
-            examples=example_gen.outputs["examples"],
-            example_splits=[split],  # an Evaluator merges its splits: one per split keeps MNLI's two apart
-            model=trainer.outputs["model"],
-            baseline_model=baselines[0].outputs["model"] if baselines else None,
+            examples=example_gen.outputs["examples"], example_splits=[split], model=trainer.outputs["model"],
             eval_config=split_config,
         ).with_id(f"Evaluator_{split}")
-        for split, split_config in evaluator_configs(
-            task, min_eval_value, max_regression if compare_with_baseline else None).items()
+        for split, split_config in report_configs
     ]
     pusher = AtomicPusher(  # tfx.components.Pusher, publishing each version directory atomically
         model=trainer.outputs["model"],
         model_blessing=evaluators[0].outputs["blessing"],  # the "eval" split decides
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=os.path.join(serving_dir, task.name))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_base)
         ),
     ).with_id("Pusher")  # the node id TFX's Pusher had: same MLMD contexts and Kubeflow task name
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer,
-                    *baselines, *evaluators, pusher],
+        components=[example_gen, schema_gen, statistics_gen, example_validator, data_gate, trainability_gate,
+                    transform, trainer, *evaluators, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def compile_local(pipeline: tfx.dsl.Pipeline) -> pipeline_pb2.Pipeline:
+    """The pipeline IR for LocalDagRunner.run_with_ir, with caching off for UNCACHED_NODES."""
+    ir = compiler.Compiler().compile(pipeline)
+    for node in ir.nodes:
+        if node.pipeline_node.node_info.id in UNCACHED_NODES:
+            node.pipeline_node.execution_options.caching_options.enable_cache = False
+    return ir

@@ -32,6 +32,17 @@ TRAINING_FLAGS = {
     "learning_rate": float, "warmup_ratio": float, "weight_decay": float,
     "non_linearity": str, "placement": str, "precision": str,
 }
+# pipeline.configs.DataChecks' thresholds: TrainabilityGate stops the run before training beyond them.
+DATA_CHECK_FLAGS = {
+    "min_class_share": "stop before training if a class has no training example, or fewer than this fraction of "
+                       "an even share of them (0.1: 5%% with 2 classes)",
+    "max_label_linf": "stop before training if the class distributions of train and an eval split are further apart "
+                      "(L-infinity distance: the largest difference of a class's share)",
+    "max_label_js": "stop before training if the score distributions of train and an eval split are further apart "
+                    "(Jensen-Shannon divergence; regression tasks such as STS-B)",
+    "max_pair_overlap": "stop before training if a larger share of an eval split's examples have a "
+                        "(sentence1, sentence2) pair that is also in train",
+}
 
 
 def split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -53,13 +64,20 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full_finetune", action="store_true", help="train every weight, no adapters (the reference)")
     parser.add_argument("--freeze_layer_norms", action="store_true", help="keep the encoder's layer norms frozen too")
     parser.add_argument("--no_bucketing", action="store_true", help="pad every batch to --max_seq_length")
-    parser.add_argument("--min_eval_value", type=float, default=0.0, help="bless only if the task's main metric reaches this")
+    parser.add_argument("--min_eval_value", type=float, default=0.0,
+                        help="bless only if the task's main metric reaches this (can only raise the constant-predictor floor)")
+    parser.add_argument("--constant_margin", type=float, default=configs.DEFAULT_CONSTANT_MARGIN,
+                        help="bless only if the main metric beats what a constant predictor scores on eval by this much")
     parser.add_argument("--max_regression", type=float, default=0.01,
-                        help="do not bless a model this much worse than the latest blessed one on the main metric")
+                        help="do not bless a model this much worse than the served one (highest version under "
+                             "<serving_dir>/<task>/) on the main metric")
     parser.add_argument("--no_baseline", action="store_true",
-                        help="bless on --min_eval_value alone, without comparing with the latest blessed model "
-                             "(no Resolver: what open-source Kubeflow Pipelines 2.x can run)")
+                        help="opt out of the comparison with the served model (blessing then rests on the floor alone)")
     parser.add_argument("--no_cache", action="store_true", help="rerun every component even if its inputs are unchanged")
+    checks = configs.DataChecks()
+    for flag, help_text in DATA_CHECK_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=float, default=getattr(checks, flag),
+                            help=f"{help_text} (default %(default)s)")
 
 
 def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
@@ -97,6 +115,11 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> co
     return config
 
 
+def data_checks(args: argparse.Namespace) -> configs.DataChecks:
+    """The validated thresholds of the checks that stop a run before training (TrainabilityGate)."""
+    return configs.DataChecks(**{flag: getattr(args, flag) for flag in DATA_CHECK_FLAGS})
+
+
 def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_seconds: float) -> None:
     """Per-component state and wall time of the latest run and what it produced, read from ML Metadata."""
     from modules.metrics import overall_metrics
@@ -113,7 +136,9 @@ def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_second
         split = evaluation.uri.rstrip("/").split("/")[-3].replace("Evaluator_", "")
         lines.append(f"{split + ':':<11}" + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     for blessing in run.outputs.get("ModelBlessing", []):
-        lines.append(f"blessed:   {'yes' if blessing.custom_properties['blessed'].int_value else 'no'}")
+        gate = blessing.custom_properties.get("gate")
+        lines.append(f"blessed:   {'yes' if blessing.custom_properties['blessed'].int_value else 'no'}"
+                     + (f" ({gate.string_value})" if gate else ""))
     for pushed in run.outputs.get("PushedModel", []):
         props = pushed.custom_properties
         lines.append(f"pushed to: {props['pushed_destination'].string_value if props['pushed'].int_value else 'not pushed'}")
@@ -134,10 +159,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = training_config(args)
+        checks = data_checks(args)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     from tfx import v1 as tfx
-    from pipeline.pipeline import create_pipeline, pipeline_name_for
+    from pipeline.pipeline import compile_local, create_pipeline, pipeline_name_for
 
     name = pipeline_name_for(config.task, configs.PIPELINE_NAME)
     pipeline_root = args.pipeline_root or os.path.join(args.output_dir, "pipelines", name)
@@ -147,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         pipeline = create_pipeline(
             pipeline_name=name, pipeline_root=pipeline_root, data_dir=args.data_dir, serving_dir=serving_dir,
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
-            compare_with_baseline=not args.no_baseline, beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
+            compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
+            beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=checks,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
@@ -159,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         std_logging.getLogger("absl").addFilter(ProgressFilter())
     start = time.time()
     try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        tfx.orchestration.LocalDagRunner().run_with_ir(compile_local(pipeline))
     except Exception as e:  # a component failed; its message says what and where (--verbose: the full log)
         sys.exit(f"error: the pipeline stopped: {type(e).__name__}: {e}")
     print_summary(config.task, metadata_path, name, time.time() - start)

@@ -7,7 +7,7 @@ import importlib
 import json
 import os
 import re
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List
 
 import pytest
 import yaml
@@ -25,7 +25,6 @@ SERVING = "gs://my-bucket/serving"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
              "--temp_location=gs://my-bucket/tmp", f"--sdk_container_image={IMAGE}"]
 RUN_EXECUTOR = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
-RESOLVER_ID = "latest_blessed_model_resolver"
 DOCKERFILE = os.path.join(configs.REPO_ROOT, "kubeflow", "Dockerfile")
 
 
@@ -44,7 +43,7 @@ def local_pipeline(task: str, *extra: str):
     return pipeline.create_pipeline(
         pipeline_name=pipeline.pipeline_name_for(task, configs.PIPELINE_NAME), pipeline_root=ROOT, data_dir=DATA,
         serving_dir=SERVING, config=run.training_config(args, check_backbone=False), beam_pipeline_args=beam_args,
-        compare_with_baseline=not args.no_baseline,
+        compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
     )
 
 
@@ -74,14 +73,6 @@ def strict_job(path: str) -> pipeline_spec_pb2.PipelineSpec:
 def spec_dict(path: str) -> Dict[str, Any]:
     with open(path) as f:
         return json.load(f)["pipelineSpec"]
-
-
-def node_of(task_name: str, node_ids: Set[str]) -> str:
-    """The pipeline node a KFP task comes from: the compiler splits the Resolver into '<id>-...-resolver' tasks."""
-    if task_name in node_ids:
-        return task_name
-    (node,) = [n for n in node_ids if task_name.startswith(n + "-")]
-    return node
 
 
 def constant(task: Dict[str, Any], parameter: str) -> Any:
@@ -128,23 +119,32 @@ def test_vertex_ai_sdk_builds_a_job_from_it(outputs, kind):
 @pytest.mark.parametrize("task", ["mrpc", "mnli"])
 def test_dag_is_the_local_pipeline(outputs, task):
     local = local_pipeline(task)
-    node_ids = {c.id for c in local.components}
     tasks = strict_job(outputs[task]).root.dag.tasks
-    assert {node_of(name, node_ids) for name in tasks} == node_ids
-    for name, kfp_task in tasks.items():
-        node = node_of(name, node_ids)
-        upstream = {u.id for u in next(c for c in local.components if c.id == node).upstream_nodes}
-        assert {node_of(d, node_ids) for d in kfp_task.dependent_tasks} - {node} == upstream, name
-
-
-def test_no_baseline_compiles_without_resolver_tasks_for_open_source_kfp(outputs):
-    local = local_pipeline("mrpc", "--no_baseline")
-    assert RESOLVER_ID not in {c.id for c in local.components}
-    tasks = strict_job(outputs["mrpc_no_baseline"]).root.dag.tasks
     assert set(tasks) == {c.id for c in local.components}
-    executors = spec_dict(outputs["mrpc_no_baseline"])["deploymentSpec"]["executors"]
-    assert all("resolver" not in executor for executor in executors.values())
-    assert "baseline_model" not in tasks["Evaluator_eval"].inputs.artifacts
+    for name, kfp_task in tasks.items():
+        upstream = {u.id for u in next(c for c in local.components if c.id == name).upstream_nodes}
+        assert set(kfp_task.dependent_tasks) == upstream, name
+
+
+@pytest.mark.parametrize("kind", ["mrpc", "mrpc_no_baseline"])
+def test_the_gate_needs_no_resolver_task_so_open_source_kfp_runs_it(outputs, kind):
+    """The baseline is read from the serving directory at run time: no resolver task, no ML Metadata query."""
+    spec = spec_dict(outputs[kind])
+    assert all(set(executor) == {"container"} for executor in spec["deploymentSpec"]["executors"].values())
+    evaluator = spec["root"]["dag"]["tasks"]["Evaluator_eval"]
+    assert set(evaluator["inputs"]["artifacts"]) == {"examples", "model"}
+    if kind == "mrpc":
+        assert constant(evaluator, "served_models_dir") == f"{SERVING}/mrpc"
+    else:
+        assert "served_models_dir" not in evaluator["inputs"]["parameters"]
+    assert constant(evaluator, "constant_margin") == configs.DEFAULT_CONSTANT_MARGIN
+
+
+def test_only_the_gated_evaluator_is_never_taken_from_the_cache(outputs):
+    """What is served can change between runs; every other task keeps KFP's caching."""
+    tasks = spec_dict(outputs["mrpc"])["root"]["dag"]["tasks"]
+    assert [name for name, task in tasks.items() if not task.get("cachingOptions", {}).get("enableCache")] == [
+        pipeline.BLESSING_EVALUATOR]
 
 
 def test_mnli_evaluates_both_dev_sets_and_pushes_on_matched(outputs):
@@ -162,9 +162,6 @@ def test_every_executor_runs_the_image_with_the_beam_args(outputs, task):
     executors = spec["deploymentSpec"]["executors"]
     for name, kfp_task in spec["root"]["dag"]["tasks"].items():
         executor = executors[spec["components"][kfp_task["componentRef"]["name"]]["executorLabel"]]
-        if name.startswith(RESOLVER_ID + "-"):
-            assert set(executor) == {"resolver"}, name  # an ML Metadata query run by the backend, no container
-            continue
         container = executor["container"]
         assert container["image"] == IMAGE, name
         assert container["command"] == RUN_EXECUTOR, name

@@ -15,6 +15,9 @@
    3. interrupted run: C leaves its Trainer execution RUNNING in ML Metadata; D still completes, reusing
       (CACHED) ExampleGen, StatisticsGen and Transform; A's pushed version is byte for byte unchanged.
    5. regression: D is not blessed, not pushed; the serving directory still holds only A's version.
+     E. learnable data, learning rate 1e-9, another output directory (pipeline root, ML Metadata database)
+        sharing only the serving directory: its baseline is A's served version, and it is not blessed because
+        it does not beat the constant predictor; the summary says so with the numbers.
    6. serving input: A's pushed SavedModel's "predict_text" on empty, blank, emoji, Chinese, Arabic,
       Hindi, a 100,000-character text, a pair with one empty side, and a batch of 1,024 mixed inputs.
 4. Atomic push: components.pusher on a fake model: a complete version appears under a name TF Serving
@@ -26,6 +29,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -517,11 +521,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     assert result.returncode == 0, open(log_file("D")).read()[-5000:]
     records = mrpc_runs(metadata_path)
     assert len(records) == 3, len(records)
+    after_d = snapshot(serving_dir)
+
+    # E: learnable data again, but learning rate 1e-9 (the model stays at its random start), from another
+    # output directory (pipeline root and ML Metadata database) that shares only the serving directory.
+    start = time.time()
+    other_out = root / "other_out"
+    e_flags = [f if f != str(root / "out") else str(other_out) for f in common]
+    e_flags[e_flags.index("--learning_rate") + 1] = "1e-9"
+    with open(log_file("E"), "w") as log:
+        result = subprocess.run(cli(*e_flags, "--data_dir", good), cwd=REPO_ROOT, env=cli_env(), stdout=log,
+                                stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT)
+    timings["E"] = time.time() - start
+    assert result.returncode == 0, open(log_file("E")).read()[-5000:]
+    (e_record,) = mrpc_runs(str(other_out / "metadata.sqlite"))
     print("\npipeline run wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return types.SimpleNamespace(
-        serving_dir=serving_dir, after_a=after_a, after_kill=after_kill, after_d=snapshot(serving_dir),
-        a=records[0], c=records[1], d=records[2], killed_returncode=process.returncode,
-        a_log=open(log_file("A")).read(), d_log=open(log_file("D")).read(), timings=timings,
+        serving_dir=serving_dir, after_a=after_a, after_kill=after_kill, after_d=after_d, after_e=snapshot(serving_dir),
+        a=records[0], c=records[1], d=records[2], e=e_record, killed_returncode=process.returncode,
+        a_log=open(log_file("A")).read(), d_log=open(log_file("D")).read(), e_log=open(log_file("E")).read(),
+        timings=timings,
     )
 
 
@@ -570,6 +589,24 @@ def test_a_worse_model_is_neither_blessed_nor_pushed_and_serving_keeps_the_previ
     assert runs.d.output("PushedModel").custom_properties["pushed"].int_value == 0
     assert runs.after_d == runs.after_a  # the same single version, the same bytes
     assert len([p for p in runs.after_d if p.count("/") == 2 and p.endswith("/")]) == 1
+
+
+def test_the_served_model_is_the_baseline_whichever_run_pushed_it(runs) -> None:
+    """E shares only the serving directory with A-D: its baseline is still A's served version."""
+    served = runs.a.output("PushedModel").custom_properties["pushed_destination"].string_value
+    blessing = runs.e.output("ModelBlessing").custom_properties
+    assert blessing["served_baseline"].string_value == served
+    assert _evaluation(runs.e, "baseline") == pytest.approx(_evaluation(runs.a))  # A's model on the same data
+
+
+def test_a_model_that_learned_nothing_is_not_blessed_and_the_summary_says_why(runs) -> None:
+    blessing = runs.e.output("ModelBlessing").custom_properties
+    assert blessing["blessed"].int_value == 0
+    assert runs.e.output("PushedModel").custom_properties["pushed"].int_value == 0
+    assert runs.after_e == runs.after_a
+    gate = blessing["gate"].string_value
+    assert re.fullmatch(r"F1 \d\.\d{4} does not beat the constant predictor's 0\.6667 \+ 0\.01", gate), gate
+    assert f"blessed:   no ({gate})" in runs.e_log
 
 
 # --------------------------------------------------------------------------------- 6. serving input
