@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from absl import logging
 from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.dsl.io import fileio
@@ -172,6 +173,11 @@ class Executor(evaluator_executor.Executor):
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessing.set_string_custom_property(GATE_PROPERTY, gate)
         blessing.set_string_custom_property(BASELINE_PROPERTY, baseline_path or "")
+        # TFX recorded the baseline's ML Metadata id, 0 for a served directory; TFX's Kubeflow V2 entry point
+        # would look it up as an artifact name and fail (KeyError: 0 in refactor_model_blessing).
+        properties = blessing.mlmd_artifact.custom_properties
+        if evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY in properties:
+            del properties[evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY]
 
 
 class GatedEvaluator(base_beam_component.BaseBeamComponent):
