@@ -13,8 +13,9 @@ its pod:
     (kfp-pipeline-spec protos): parameter values from the task's runtimeValue constants, the root's
     componentInputParameters or upstream output parameters; input artifacts as the upstream executors wrote them
     into their executor output file (URI and metadata merged into the provisioned artifact, as the launcher does
-    before recording it); output artifact URIs `<pipeline root>/<pipeline name>/<run id>/<task>/<output>`; the
-    executor output file `<task directory>/executor_output.json`;
+    before recording it); output artifact URIs `<pipeline root>/<pipeline name>/<run id>/<task>/<output>`
+    (the file:// root's local path: see local_path); the executor output file
+    `<task directory>/executor_output.json`;
   - a container's lifecycle pre-cache check (TFX's ExampleGen driver) first, with the same ExecutorInput: the
     artifact metadata it writes (span, version, input fingerprint) is merged into the outputs the executor gets,
     and its file stays where TFX's executor entry point reads the updated execution properties from.
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import yaml
 from google.protobuf import json_format, struct_pb2
@@ -46,13 +47,14 @@ LOG_TAIL_LINES = 40
 
 @dataclass
 class TaskRun:
-    """One executed task: what it was given, what it wrote, how long it took (hook and executor), where its log is."""
+    """One executed task: what it was given and ran, what it wrote, how long it took (hook and executor), its log."""
 
     name: str
     seconds: float
     executor_input: pb.ExecutorInput
     executor_output: pb.ExecutorOutput
     log_path: str
+    commands: List[List[str]]  # the processes run: the pre-cache check's, if any, then the executor's
 
 
 @dataclass
@@ -196,8 +198,11 @@ def read_executor_output(path: str) -> pb.ExecutorOutput:
 
 
 def run_container(command: Sequence[str], args: Sequence[str], executor_input: pb.ExecutorInput,
-                  component: pb.ComponentSpec, run_id: str, task_name: str, pipeline_root: str, log_path: str) -> None:
-    """One container process, as its pod would run it: placeholders filled, `python` from this venv, log to a file."""
+                  component: pb.ComponentSpec, run_id: str, task_name: str, pipeline_root: str, log_path: str
+                  ) -> List[str]:
+    """One container process, as its pod would run it: placeholders filled, `python` from this venv, log to a file.
+
+    Returns the command line it ran."""
     executor_input_dict = executor_input_utils.executor_input_to_dict(executor_input, component)
     argv = placeholder_utils.replace_placeholders(
         full_command=[*command, *args], executor_input_dict=executor_input_dict,
@@ -211,9 +216,27 @@ def run_container(command: Sequence[str], args: Sequence[str], executor_input: p
             tail = "".join(f.readlines()[-LOG_TAIL_LINES:])
         raise TaskFailed(f"task {task_name!r} failed: `{' '.join(command)}` exited with {returncode}; "
                          f"full log {log_path}, last lines:\n{tail}")
+    return argv
 
 
-def run(spec_path: str, run_id: Optional[str] = None, progress=print) -> PipelineRun:
+def publish(task_name: str, run_id: str, executor_input: pb.ExecutorInput, written: pb.ExecutorOutput) -> pb.ExecutorOutput:
+    """The task's outputs as downstream tasks receive them: each provisioned artifact (URI, type) with what the
+    executor wrote merged in, named as the metadata store would name it; the output parameters it wrote."""
+    published = pb.ExecutorOutput()
+    for key, provisioned in executor_input.outputs.artifacts.items():
+        artifact = published.artifacts[key].artifacts.add()
+        artifact.CopyFrom(provisioned.artifacts[0])
+        if key in written.artifacts:
+            merge_artifact(written.artifacts[key].artifacts[0], artifact)
+        artifact.name = f"{run_id}/{task_name}/{key}"
+    for key in executor_input.outputs.parameters:
+        if key not in written.parameter_values:
+            raise TaskFailed(f"task {task_name!r} did not write its output parameter {key!r}.")
+        published.parameter_values[key].CopyFrom(written.parameter_values[key])
+    return published
+
+
+def run(spec_path: str, run_id: Optional[str] = None, progress: Callable[[str], None] = print) -> PipelineRun:
     """Executes every task of the spec's root DAG; raises TaskFailed naming the first task that fails."""
     spec, runtime_config = load_spec(spec_path)
     pipeline_root = (runtime_config.gcs_output_directory or spec.default_pipeline_root).rstrip("/")
@@ -242,36 +265,21 @@ def run(spec_path: str, run_id: Optional[str] = None, progress=print) -> Pipelin
             os.makedirs(artifacts.artifacts[0].uri)
         progress(f"[{len(runs) + 1}/{len(tasks)}] {name} ...")
         start = time.monotonic()
+        commands = []
         if container.lifecycle.HasField("pre_cache_check"):
             hook = container.lifecycle.pre_cache_check
-            run_container(hook.command, hook.args, executor_input, component, run_id, name, pipeline_root, log_path)
+            commands.append(run_container(hook.command, hook.args, executor_input, component, run_id, name,
+                                          pipeline_root, log_path))
             driver_output = read_executor_output(executor_input.outputs.output_file)
             for key, artifacts in driver_output.artifacts.items():
                 merge_artifact(artifacts.artifacts[0], executor_input.outputs.artifacts[key].artifacts[0])
-        run_container(container.command, container.args, executor_input, component, run_id, name, pipeline_root,
-                      log_path)
+        commands.append(run_container(container.command, container.args, executor_input, component, run_id, name,
+                                      pipeline_root, log_path))
         seconds = time.monotonic() - start
         published[name] = publish(name, run_id, executor_input, read_executor_output(executor_input.outputs.output_file))
-        runs.append(TaskRun(name, seconds, executor_input, published[name], log_path))
+        runs.append(TaskRun(name, seconds, executor_input, published[name], log_path, commands))
         progress(f"[{len(runs)}/{len(tasks)}] {name} succeeded in {seconds:.1f} s")
     return PipelineRun(run_id, run_root, runs)
-
-
-def publish(task_name: str, run_id: str, executor_input: pb.ExecutorInput, written: pb.ExecutorOutput) -> pb.ExecutorOutput:
-    """The task's outputs as downstream tasks receive them: each provisioned artifact (URI, type) with what the
-    executor wrote merged in, named as the metadata store would name it; the output parameters it wrote."""
-    published = pb.ExecutorOutput()
-    for key, provisioned in executor_input.outputs.artifacts.items():
-        artifact = published.artifacts[key].artifacts.add()
-        artifact.CopyFrom(provisioned.artifacts[0])
-        if key in written.artifacts:
-            merge_artifact(written.artifacts[key].artifacts[0], artifact)
-        artifact.name = f"{run_id}/{task_name}/{key}"
-    for key in executor_input.outputs.parameters:
-        if key not in written.parameter_values:
-            raise TaskFailed(f"task {task_name!r} did not write its output parameter {key!r}.")
-        published.parameter_values[key].CopyFrom(written.parameter_values[key])
-    return published
 
 
 def summary(pipeline_run: PipelineRun) -> str:

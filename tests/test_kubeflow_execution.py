@@ -1,0 +1,194 @@
+"""The compiled Kubeflow spec, executed: every task of `python -m kubeflow.runner`'s output run the way the KFP v2
+launcher runs it in its pod (kubeflow.launcher, a test double: no cluster or container engine here).
+
+One module-scoped fixture (tiny BERT, 64/32 MRPC rows, file:// URIs) whose results every test reads:
+  - the spec executed once: every task ran in DAG order and succeeded, the ExampleGen's pre-cache check fed its
+    executor, every downstream input is what the upstream executor wrote, and the pushed model has the
+    signatures and answers of the model a local run (pipeline.run, LocalDagRunner) pushes from the same data
+    and seed;
+  - a degraded model (learning rate 1e-9, one epoch), compiled the same way and executed second against the same
+    serving directory: its Evaluator compares it with the served model (the first execution's push), and it
+    is neither blessed nor pushed, having failed the constant predictor's floor.
+The fixture takes 3 pipeline runs (two executed specs of 10 tasks, each task a fresh Python process, and one
+local run): see kubeflow/README.md for its timings.
+"""
+import os
+import re
+import types
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2 as pb
+
+from kubeflow import launcher, runner
+from test_pipeline_e2e import MAX_SEQ_LENGTH, QUERIES, run_main, serialized_examples, write_mrpc
+from tiny_bert import write_tiny_bert
+
+IMAGE = "adapter-bert-tfx:test"  # never pulled: the launcher double runs the commands in this virtualenv
+TRAIN_ROWS, EVAL_ROWS = 64, 32
+# test_pipeline_e2e's settings, under which the tiny model beats the constant predictor (F1 0.6667 on this dev set).
+TRAINING = ["--task", "mrpc", "--epochs", "10", "--batch_size", "16", "--learning_rate", "0.01",
+            "--max_seq_length", str(MAX_SEQ_LENGTH), "--bottleneck_size", "16", "--seed", "42"]
+DEGRADED = ["--learning_rate", "1e-9", "--epochs", "1"]  # after TRAINING: argparse keeps the last value
+
+
+def compile_spec(path: str, root: str, data_dir: str, serving_dir: str, model_dir: str, *extra: str) -> str:
+    runner.main(["--image", IMAGE, "--pipeline_root", f"file://{root}", "--data_dir", f"file://{data_dir}",
+                 "--serving_dir", f"file://{serving_dir}", "--model", model_dir, "--output", path, *TRAINING, *extra])
+    return path
+
+
+def served_versions(serving_dir: str) -> List[str]:
+    task_dir = os.path.join(serving_dir, "mrpc")
+    return sorted(os.listdir(task_dir)) if os.path.isdir(task_dir) else []
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    root = tmp_path_factory.mktemp("kubeflow_execution")
+    # initializer_range 0.2: outputs that depend on the input, so equal answers mean equal models.
+    model_dir = write_tiny_bert(root / "tiny_bert", hidden_size=32, num_layers=2, initializer_range=0.2)
+    data_dir = write_mrpc(str(root / "glue"), {"train.tsv": TRAIN_ROWS, "dev.tsv": EVAL_ROWS})
+    serving_dir = str(root / "serving")
+    spec = compile_spec(str(root / "spec.json"), str(root / "kfp"), data_dir, serving_dir, model_dir)
+    first = launcher.run(spec, run_id="first")
+    versions_after_first = served_versions(serving_dir)
+
+    local_serving_dir = str(root / "local_serving")
+    run_main([*TRAINING, "--model", model_dir, "--data_dir", data_dir, "--output_dir", str(root / "local"),
+              "--serving_dir", local_serving_dir])
+    (local_version,) = served_versions(local_serving_dir)
+
+    degraded_spec = compile_spec(str(root / "degraded.json"), str(root / "kfp"), data_dir, serving_dir, model_dir,
+                                 *DEGRADED)
+    degraded = launcher.run(degraded_spec, run_id="degraded")
+    return types.SimpleNamespace(
+        spec=launcher.load_spec(spec)[0], first=first, degraded=degraded, root=str(root), serving_dir=serving_dir,
+        versions_after_first=versions_after_first, versions_after_degraded=served_versions(serving_dir),
+        local_pushed=os.path.join(local_serving_dir, "mrpc", local_version),
+    )
+
+
+def pushed_destination(pipeline_run: launcher.PipelineRun) -> str:
+    metadata = json_format.MessageToDict(pipeline_run.output("Pusher", "pushed_model").metadata)
+    return metadata.get("pushed_destination", "")
+
+
+def metadata(artifact) -> Dict:
+    return json_format.MessageToDict(artifact.metadata)
+
+
+# --- the first execution -----------------------------------------------------------------------------------
+
+
+def test_every_task_ran_in_dag_order_and_succeeded(executed: types.SimpleNamespace) -> None:
+    tasks = executed.spec.root.dag.tasks
+    names = [t.name for t in executed.first.tasks]
+    assert sorted(names) == sorted(tasks) and "Pusher" in names and "Trainer" in names
+    for position, name in enumerate(names):
+        upstream = set(tasks[name].dependent_tasks)
+        assert upstream <= set(names[:position]), f"{name} ran before {upstream - set(names[:position])}"
+        outputs = executed.spec.components[tasks[name].component_ref.name].output_definitions.artifacts
+        run = executed.first.task(name)
+        # What a pod's launcher would record: every declared output, written where KFP lays it out.
+        assert set(run.executor_output.artifacts) == set(outputs), name
+        for key, artifacts in run.executor_output.artifacts.items():
+            (artifact,) = artifacts.artifacts
+            assert artifact.uri == os.path.join(executed.root, "kfp", "adapter-bert-glue-mrpc", "first", name, key)
+            assert os.path.isdir(artifact.uri)
+
+
+def test_each_process_ran_the_containers_command_and_args_with_the_tasks_executor_input(
+        executed: types.SimpleNamespace) -> None:
+    for name, task in executed.spec.root.dag.tasks.items():
+        container = launcher.container_of(executed.spec, executed.spec.components[task.component_ref.name], name)
+        declared = [container.lifecycle.pre_cache_check] if container.lifecycle.HasField("pre_cache_check") else []
+        declared.append(container)
+        run = executed.first.task(name)
+        assert len(run.commands) == len(declared), name
+        for process, argv in zip(declared, run.commands):
+            expected = [*process.command, *process.args]
+            assert len(argv) == len(expected) and argv[:3] == ["python", "-m", expected[2]], name
+            for given, spec_arg in zip(argv, expected):
+                if spec_arg == "{{$}}":
+                    executor_input = json_format.Parse(given, pb.ExecutorInput())
+                else:
+                    assert given == spec_arg, name
+        assert executor_input == run.executor_input, name  # the executor's, after the pre-cache check's update
+
+
+def test_example_gen_pre_cache_check_fed_its_executor(executed: types.SimpleNamespace) -> None:
+    """Only TFX's ExampleGen driver (the spec's lifecycle preCacheCheck) computes the input fingerprint and span."""
+    container = launcher.container_of(executed.spec, executed.spec.components["GlueExampleGen"], "GlueExampleGen")
+    assert list(container.lifecycle.pre_cache_check.command)[-1] == "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver"
+    examples = metadata(executed.first.output("GlueExampleGen", "examples"))
+    assert examples["input_fingerprint"].startswith("split:train,num_files:1,")
+    assert examples["custom:span"] == 0
+    assert examples["split_names"] == '["train", "eval"]'  # written by the executor
+
+
+def test_downstream_inputs_are_what_upstream_executors_wrote(executed: types.SimpleNamespace) -> None:
+    for name, task in executed.spec.root.dag.tasks.items():
+        given = executed.first.task(name).executor_input.inputs.artifacts
+        assert set(given) == set(task.inputs.artifacts), name
+        for key, source in task.inputs.artifacts.items():
+            producer = source.task_output_artifact
+            written = executed.first.output(producer.producer_task, producer.output_artifact_key)
+            (artifact,) = given[key].artifacts
+            assert (artifact.uri, metadata(artifact)) == (written.uri, metadata(written)), f"{name}.{key}"
+    blessing = metadata(executed.first.output("Evaluator_eval", "blessing"))
+    assert blessing["blessed"] == 1
+    assert metadata(executed.first.task("Pusher").executor_input.inputs.artifacts["model_blessing"].artifacts[0]) == blessing
+
+
+def test_pushed_model_has_the_local_runs_signatures_and_answers(executed: types.SimpleNamespace) -> None:
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops of the Transform graph)
+
+    pushed = pushed_destination(executed.first)
+    assert pushed == f"file://{executed.serving_dir}/mrpc/{executed.versions_after_first[0]}"
+    assert len(executed.versions_after_first) == 1
+    kubeflow_model = tf.saved_model.load(pushed[len("file://"):])
+    local_model = tf.saved_model.load(executed.local_pushed)
+    assert set(kubeflow_model.signatures) == set(local_model.signatures) == {"serving_default", "predict_text"}
+    for name, signature in kubeflow_model.signatures.items():
+        assert signature.structured_input_signature == local_model.signatures[name].structured_input_signature
+        assert signature.structured_outputs == local_model.signatures[name].structured_outputs
+    first, second = tf.constant([a for a, _ in QUERIES]), tf.constant([b for _, b in QUERIES])
+    answers = [(model.signatures["predict_text"](sentence1=first, sentence2=second),
+                model.signatures["serving_default"](examples=serialized_examples(with_bookkeeping=False)))
+               for model in (kubeflow_model, local_model)]
+    for kubeflow_answer, local_answer in zip(*answers):
+        np.testing.assert_array_equal(kubeflow_answer["label"].numpy(), local_answer["label"].numpy())
+        np.testing.assert_allclose(kubeflow_answer["probabilities"].numpy(), local_answer["probabilities"].numpy(),
+                                   rtol=0, atol=1e-6)
+
+
+# --- the degraded model, executed second -------------------------------------------------------------------
+
+
+def test_second_execution_compares_with_the_served_model(executed: types.SimpleNamespace) -> None:
+    import tensorflow_model_analysis as tfma
+
+    from modules.metrics import overall_metrics
+
+    served = pushed_destination(executed.first)
+    blessing = metadata(executed.degraded.output("Evaluator_eval", "blessing"))
+    assert blessing["served_baseline"] == served
+    assert blessing["baseline_model"] == served
+    # TFMA evaluated both models on the eval split: the served one is the baseline.
+    evaluation = executed.degraded.output("Evaluator_eval", "evaluation").uri
+    for model_name in (tfma.CANDIDATE_KEY, tfma.BASELINE_KEY):
+        assert overall_metrics(evaluation, model_name=model_name)["example_count"] == EVAL_ROWS
+
+
+def test_degraded_model_is_not_blessed_and_not_pushed(executed: types.SimpleNamespace) -> None:
+    blessing = metadata(executed.degraded.output("Evaluator_eval", "blessing"))
+    assert blessing["blessed"] == 0
+    assert re.fullmatch(r"F1 \d\.\d{4} does not beat the constant predictor's 0\.6667 \+ 0\.01", blessing["gate"])
+    assert not os.path.exists(os.path.join(executed.degraded.output("Evaluator_eval", "blessing").uri, "BLESSED"))
+    pushed = metadata(executed.degraded.output("Pusher", "pushed_model"))
+    assert pushed["pushed"] == 0 and "pushed_destination" not in pushed
+    assert executed.versions_after_degraded == executed.versions_after_first
