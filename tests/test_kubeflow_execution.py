@@ -192,3 +192,23 @@ def test_degraded_model_is_not_blessed_and_not_pushed(executed: types.SimpleName
     pushed = metadata(executed.degraded.output("Pusher", "pushed_model"))
     assert pushed["pushed"] == 0 and "pushed_destination" not in pushed
     assert executed.versions_after_degraded == executed.versions_after_first
+
+
+# --- a failing task ----------------------------------------------------------------------------------------
+
+
+def test_a_failing_task_stops_the_run_naming_it_and_its_log(tmp_path) -> None:
+    """No GLUE files: the ExampleGen's executor fails naming the missing file (after its pre-cache check, which
+    fingerprints whatever matches); no other task runs."""
+    data_dir = tmp_path / "empty_glue"
+    data_dir.mkdir()
+    spec = compile_spec(str(tmp_path / "spec.json"), str(tmp_path / "kfp"), str(data_dir), str(tmp_path / "serving"),
+                        str(tmp_path / "model_never_read"))
+    with pytest.raises(launcher.TaskFailed) as failure:
+        launcher.run(spec, run_id="failing", progress=lambda line: None)
+    log = tmp_path / "kfp" / "adapter-bert-glue-mrpc" / "failing" / "logs" / "GlueExampleGen.log"
+    message = str(failure.value)
+    assert message.startswith("task 'GlueExampleGen' failed: "
+                              "`python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor` exited with 1")
+    assert f"full log {log}" in message and f"{data_dir}/MRPC/train.tsv" in message
+    assert sorted(os.listdir(log.parent)) == ["GlueExampleGen.log"]
