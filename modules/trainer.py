@@ -40,7 +40,7 @@ from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
 from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
 from modules.model import INPUT_NAMES, AdapterBertClassifier, save_adapter_weights
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
-from pipeline.configs import TrainingConfig
+from modules.config import TrainingConfig
 
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
 TEXT_SIGNATURE = "predict_text"

@@ -15,9 +15,9 @@ from components.data_gate import DataGate
 from components.glue_example_gen.component import GlueExampleGen
 from components.glue_schema_gen import GlueSchemaGen
 from components.pusher import AtomicPusher
+from modules.config import TrainingConfig
 from modules.glue import get_task
 from modules.metrics import evaluator_configs
-from pipeline.configs import TrainingConfig
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"

@@ -24,6 +24,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # google-cloud's Pyth
 from absl import logging
 
 from modules import backbone as backbone_lib
+from modules.config import TrainingConfig
 from pipeline import configs
 
 PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
@@ -44,7 +45,7 @@ def split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every runner shares (this one, kubeflow.runner): task, backbone, training, blessing, caching."""
-    defaults = configs.TrainingConfig()
+    defaults = TrainingConfig()
     parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
     parser.add_argument("--model", "--casing", dest="model", default=defaults.model,
                         help="backbone: 'minilm' (offline default), a local HF model dir, or a hub name like bert-base-uncased")
@@ -79,12 +80,12 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     return parser.parse_args(ours), beam_args
 
 
-def training_config(args: argparse.Namespace, check_backbone: bool = True) -> configs.TrainingConfig:
+def training_config(args: argparse.Namespace, check_backbone: bool = True) -> TrainingConfig:
     """The validated training configuration; also checks the backbone exists and fits --max_seq_length.
 
     check_backbone=False where the backbone is resolved later, in the container (kubeflow.runner); the Trainer checks it there.
     """
-    config = configs.TrainingConfig(
+    config = TrainingConfig(
         task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
         bucketing=not args.no_bucketing, **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
     )

@@ -191,7 +191,7 @@ def test_missing_files_are_an_error_naming_the_pattern(tmp_path) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory):
     """`train` for 2 epochs on 40 train / 16 eval examples, with a tiny BERT: (model, history, log_dir, steps/epoch)."""
     from modules.trainer import train
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     root = tmp_path_factory.mktemp("train")
     model_dir = write_tiny_bert(root / "tiny_bert")
@@ -258,7 +258,7 @@ def test_mixed_bfloat16_trains_in_bfloat16_and_exports_the_same_weights_in_float
 
     from modules.glue import get_task
     from modules.trainer import float32_copy, train
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     rng = np.random.default_rng(2)
     train_files = write_transformed(str(tmp_path / "train"), rng.integers(5, 33, 16).tolist(), [0, 1] * 8)
@@ -281,7 +281,7 @@ def test_mixed_bfloat16_trains_in_bfloat16_and_exports_the_same_weights_in_float
 
 
 def test_unknown_precision_is_refused_naming_the_flag() -> None:
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     with pytest.raises(ValueError, match="--precision must be one of float32, mixed_bfloat16"):
         TrainingConfig(precision="float16")
