@@ -14,12 +14,20 @@ import logging as std_logging
 import os
 import sys
 import time
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
+from pipeline import console
+
+# Decided before TensorFlow is imported (it reads its C++ log level once): `python -m pipeline.run` owns its
+# process's console, and its --verbose shows everything.
+MAIN_COMMAND = __name__ == "__main__"
+VERBOSE = MAIN_COMMAND and "--verbose" in sys.argv[1:]
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-warnings.filterwarnings("ignore", category=FutureWarning)  # google-cloud's Python 3.10 notices, on every import
+if not VERBOSE:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines
+    console.ignore_benign_warnings()
+if MAIN_COMMAND:
+    console.import_tensorflow(quiet=not VERBOSE)
 
 from absl import logging
 
@@ -76,7 +84,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--serving_dir", "--saved_models_dir", dest="serving_dir",
                         help="Pusher destination: <serving_dir>/<task>/<version>/ (default <output_dir>/serving)")
     parser.add_argument("--metadata_path", help="SQLite ML Metadata file (default <output_dir>/metadata.sqlite)")
-    parser.add_argument("--verbose", action="store_true", help="show TFX's full log, not just progress")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the full log (TFX's, TensorFlow's C++ lines, the known-benign messages of "
+                             "pipeline/console.py), not just progress and warnings")
     return parser.parse_args(ours), beam_args
 
 
@@ -158,6 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.set_verbosity(logging.INFO)
     if not args.verbose:
         std_logging.getLogger("absl").addFilter(ProgressFilter())
+        console.quiet_known_benign()
     start = time.time()
     try:
         tfx.orchestration.LocalDagRunner().run(pipeline)
