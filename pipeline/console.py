@@ -6,15 +6,14 @@ Every other warning and error gets through, and `--verbose` installs none of the
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import re
+import subprocess
 import sys
-import threading
 import warnings
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, List, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +62,23 @@ BENIGN_WARNINGS = (
     (FutureWarning, r"google\.auth\.transport\.grpc", r"grpcio < 1\.83\.0 does not support Post-Quantum Cryptography"),
     (FutureWarning, r"google\.cloud\.aiplatform\.", r"Support for google-cloud-storage < 3\.0\.0 will be removed"),
 )
-# TensorFlow's C++ start-up lines, written to file descriptor 2 while TensorFlow is imported: the TF 2.16 wheel
-# registers its CUDA plugins twice, with or without a GPU (the first registration is the one used).
-CUDA_FACTORY_LINE = re.compile(rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for "
-                               rb"plugin cu\w+ when one has already been registered")
+# Lines that TensorFlow's C++ runtime writes to file descriptor 2 itself, not through Python's logging:
+#  - at import, the TF 2.16 wheel registers its CUDA plugins twice, with or without a GPU (the first one is used);
+#  - oneDNN (the CPU kernels) has no int64 kernels here and says that the default kernels run them, as always.
+CPP_BENIGN_LINES = re.compile(
+    rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin cu\w+ when one has "
+    rb"already been registered"
+    rb"|oneDNN supports DT_INT64 only on platforms with AVX-512\. Falling back to the default Eigen-based "
+    rb"implementation if present\.")
+# The child process that passes file descriptor 2 on: argv[1] is the pattern of the lines to leave out.
+FORWARDER = """
+import re, sys
+benign = re.compile(sys.argv[1].encode("latin-1"))
+for line in sys.stdin.buffer:
+    if not benign.search(line):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
 
 
 class BenignFilter(logging.Filter):
@@ -106,36 +118,30 @@ def one_tensorflow_handler() -> None:
         tensorflow_logger.propagate = False
 
 
-@contextlib.contextmanager
-def stderr_without(line: re.Pattern) -> Iterator[None]:
-    """Runs the block with file descriptor 2 (where C++ libraries log) passed on line by line, except the lines
-    that `line` matches. For short blocks only (an import): a crash inside would lose what is still in the pipe."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
+class StderrFilter:
+    """From its creation on, file descriptor 2 of this process (where C++ libraries log; also sys.stderr, and
+    the processes this one starts) is passed on by a child process, without the lines `benign` matches.
 
-    def forward() -> None:
-        with os.fdopen(read_end, "rb") as pipe:
-            for text in pipe:
-                if not line.search(text):
-                    os.write(saved, text)
+    A child, not a thread: if this process crashes, the child still reads to the end of what was written
+    (its last lines are the ones that matter), then stops when the last writer is gone. It runs in its own
+    session, so that Ctrl-C stops this process and not the printing of its traceback.
+    """
 
-    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
-    forwarder.start()
-    try:
-        yield
-    finally:
+    def __init__(self, benign: re.Pattern):
         sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end: the forwarder reads to its end and stops
-        forwarder.join()
-        os.close(saved)
+        self.saved = os.dup(2)
+        self.child = subprocess.Popen([sys.executable, "-c", FORWARDER, benign.pattern.decode("latin-1")],
+                                      stdin=subprocess.PIPE, stdout=self.saved, start_new_session=True)
+        os.dup2(self.child.stdin.fileno(), 2)
+        self.child.stdin.close()  # file descriptor 2 is now this process's one write end of the pipe
+        self.closed = False
 
-
-def import_tensorflow(quiet: bool) -> None:
-    """Imports TensorFlow for a process whose console is ours: each of its log lines printed once and, if `quiet`,
-    without its known-benign C++ start-up lines."""
-    with stderr_without(CUDA_FACTORY_LINE) if quiet else contextlib.nullcontext():
-        import tensorflow  # noqa: F401
-    one_tensorflow_handler()
+    def close(self) -> None:
+        """Restores file descriptor 2 and waits until the child has passed on every line written before."""
+        if self.closed:
+            return
+        self.closed = True
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.child.wait()

@@ -10,6 +10,7 @@ wall time per component.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging as std_logging
 import os
 import sys
@@ -19,15 +20,16 @@ from typing import List, Optional, Sequence, Tuple
 from pipeline import console
 
 # Decided before TensorFlow is imported (it reads its C++ log level once): `python -m pipeline.run` owns its
-# process's console, and its --verbose shows everything.
+# process's console (pipeline/console.py), and its --verbose shows everything.
 MAIN_COMMAND = __name__ == "__main__"
 VERBOSE = MAIN_COMMAND and "--verbose" in sys.argv[1:]
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 if not VERBOSE:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines
     console.ignore_benign_warnings()
-if MAIN_COMMAND:
-    console.import_tensorflow(quiet=not VERBOSE)
+STDERR_FILTER = console.StderrFilter(console.CPP_BENIGN_LINES) if MAIN_COMMAND and not VERBOSE else None
+if STDERR_FILTER:
+    atexit.register(STDERR_FILTER.close)  # also after an error: its message is passed on before the exit
 
 from absl import logging
 
@@ -166,6 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     pipeline.metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         os.path.abspath(metadata_path))
     logging.set_verbosity(logging.INFO)
+    if MAIN_COMMAND:
+        console.one_tensorflow_handler()
     if not args.verbose:
         std_logging.getLogger("absl").addFilter(ProgressFilter())
         console.quiet_known_benign()
@@ -174,6 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # a component failed; its message says what and where (--verbose: the full log)
         sys.exit(f"error: the pipeline stopped: {type(e).__name__}: {e}")
+    if STDERR_FILTER:
+        STDERR_FILTER.close()  # the log's last lines before the summary
     print_summary(config.task, metadata_path, name, time.time() - start)
 
 

@@ -3,6 +3,9 @@ one Python warning from one module, one C++ line on file descriptor 2. The whole
 by tests/test_pipeline_e2e.py."""
 import logging
 import os
+import signal
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -75,19 +78,37 @@ def test_benign_warning_is_ignored_from_its_module_only() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         console.ignore_benign_warnings()
-        warnings.warn_explicit(message, FutureWarning, "support.py", 1, module="google.api_core._python_version_support")
+        warnings.warn_explicit(message, FutureWarning, "support.py", 1,
+                               module="google.api_core._python_version_support")
         warnings.warn_explicit(message, FutureWarning, "other.py", 1, module="someone_else")
         warnings.warn_explicit("Another notice.", FutureWarning, "support.py", 2,
                                module="google.api_core._python_version_support")
     assert [(w.filename, str(w.message)) for w in caught] == [("other.py", message), ("support.py", "Another notice.")]
 
 
-def test_stderr_filter_drops_only_the_cuda_registration_lines(capfd: pytest.CaptureFixture) -> None:
-    cuda = (b"2026-12-02 05:57:34.430312: E external/local_xla/xla/stream_executor/cuda/cuda_blas.cc:1442] Unable to "
-            b"register cuBLAS factory: Attempting to register factory for plugin cuBLAS when one has already been "
-            b"registered\n")
-    other = b"2026-12-02 05:57:35.000000: E tensorflow/core/util/util.cc:131] a real C++ error\n"
-    with console.stderr_without(console.CUDA_FACTORY_LINE):
-        os.write(2, b"before\n" + cuda + other + b"after")  # the last line without its newline
-    os.write(2, b"\n" + cuda)  # outside the block: everything
-    assert capfd.readouterr().err.encode() == b"before\n" + other + b"after\n" + cuda
+CUDA_LINE = ("2026-12-02 05:57:34.430312: E external/local_xla/xla/stream_executor/cuda/cuda_blas.cc:1442] Unable to "
+             "register cuBLAS factory: Attempting to register factory for plugin cuBLAS when one has already been "
+             "registered\n")
+ONEDNN_LINE = ("2026-12-02 06:06:53.917522: E tensorflow/core/util/util.cc:131] oneDNN supports DT_INT64 only on "
+               "platforms with AVX-512. Falling back to the default Eigen-based implementation if present.\n")
+REAL_LINE = "2026-12-02 05:57:35.000000: E tensorflow/core/util/util.cc:131] a real C++ error\n"
+
+
+def test_stderr_filter_drops_only_the_known_cpp_lines(capfd: pytest.CaptureFixture) -> None:
+    stderr_filter = console.StderrFilter(console.CPP_BENIGN_LINES)
+    os.write(2, ("before\n" + CUDA_LINE + REAL_LINE + ONEDNN_LINE + "after").encode())  # no newline at the end
+    stderr_filter.close()
+    os.write(2, ("\n" + CUDA_LINE).encode())  # after close: everything
+    assert capfd.readouterr().err == "before\n" + REAL_LINE + "after\n" + CUDA_LINE
+
+
+def test_stderr_filter_passes_everything_on_when_the_process_crashes() -> None:
+    program = ("import os, sys\nfrom pipeline import console\n"
+               "console.StderrFilter(console.CPP_BENIGN_LINES)\n"
+               f"os.write(2, {(CUDA_LINE + REAL_LINE).encode()!r})\n"
+               "sys.stderr.write('Fatal Python error: the last words\\n'); sys.stderr.flush()\n"
+               "os.abort()\n")
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    crashed = subprocess.run([sys.executable, "-c", program], cwd=repo_root, capture_output=True, text=True)
+    assert crashed.returncode == -signal.SIGABRT
+    assert crashed.stderr == REAL_LINE + "Fatal Python error: the last words\n"

@@ -40,5 +40,6 @@ def test_no_package_imports_a_layer_above_it(package):
 
 def test_the_scan_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "example.py"
-    source.write_text("import os\n\ndef f():\n    from pipeline.configs import PIPELINE_NAME\n    import kubeflow.runner\n")
+    source.write_text("import os\n\ndef f():\n    from pipeline.configs import PIPELINE_NAME\n"
+                      "    import kubeflow.runner\n")
     assert list(imported_packages(str(source))) == [(1, "os"), (4, "pipeline"), (5, "kubeflow")]

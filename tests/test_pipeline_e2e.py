@@ -102,7 +102,8 @@ def write_mrpc(data_dir: str, rows: Dict[str, int], seed: int = 0) -> str:
 def run_cli(argv: List[str]) -> Tuple[str, str]:
     """`python -m pipeline.run argv` in a new process, as a user runs it: (stdout, stderr)."""
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-m", "pipeline.run", *argv], cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pipeline.run", *argv], cwd=repo_root, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr[-5000:]
     return result.stdout, result.stderr
 
