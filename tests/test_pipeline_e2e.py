@@ -42,6 +42,7 @@ BENIGN_LINES = [
     "All model checkpoint layers were used", "All the layers of TFBertModel were initialized",
     "does not have payload_format custom property", "Couldn't find python-snappy",
     "You are using a non-supported Python version", "tf_record_iterator (from tensorflow.python.lib.io.tf_record)",
+    "oneDNN supports DT_INT64 only on platforms with AVX-512",
 ]
 # Upstream of the resolver, Evaluator and Pusher: their inputs do not change between two identical runs.
 CACHEABLE = ("GlueExampleGen", "StatisticsGen", "GlueSchemaGen", "ExampleValidator", "DataGate", "Transform", "Trainer")
