@@ -1,8 +1,10 @@
 """The main command's console: every line it prints is one a user should read.
 
-Known-benign messages are dropped where they are emitted: each by the one logger that emits it (a filter on
-a logger sees only that logger's own records) and the start of its text, with the reason it is benign.
-Every other warning and error gets through, and `--verbose` installs none of these filters.
+Known-benign messages are dropped where they are emitted, each with the reason it is benign: log records by
+the one logger that emits them (a filter on a logger sees only that logger's own records) and the start of
+their text; Python warnings by category, warning module and text; the C++ lines TensorFlow writes to file
+descriptor 2 by their text. Every other warning and error gets through, and `--verbose` (pipeline/run.py)
+installs none of these filters.
 """
 from __future__ import annotations
 
