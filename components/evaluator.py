@@ -189,7 +189,9 @@ class GatedEvaluator(base_beam_component.BaseBeamComponent):
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel, eval_config: tfma.EvalConfig,
                  split: str, served_models_dir: Optional[str], constant_margin: float):
         """served_models_dir: `<serving_dir>/<task>`, or None to bless without comparing (--no_baseline)."""
-        super().__init__(spec=GatedEvaluatorSpec(
+        # self.SPEC_CLASS, not the module's name for it: TFX reloads this module when it imports
+        # served_eval_shared_model by name, and a reloaded module holds a new GatedEvaluatorSpec class.
+        super().__init__(spec=self.SPEC_CLASS(
             examples=examples, model=model, eval_config=eval_config, example_splits=json_utils.dumps([split]),
             served_models_dir=served_models_dir, constant_margin=float(constant_margin),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),

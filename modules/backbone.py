@@ -118,6 +118,9 @@ def load_backbone(model: str = DEFAULT_MODEL) -> transformers.TFBertModel:
         from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
         state_dict = load_file(os.path.join(model_dir, "model.safetensors"))
+        # PyTorch BERT's position_ids is a buffer (0, 1, 2, ...), not a weight: TF BERT computes the positions
+        # itself. Without it, transformers' "weights not used" warning means a real mismatch.
+        state_dict = {name: value for name, value in state_dict.items() if not name.endswith("embeddings.position_ids")}
         load_pytorch_state_dict_in_tf2_model(backbone, state_dict, tf_inputs=backbone.dummy_inputs)
         return backbone
     if "pytorch_model.bin" in files:

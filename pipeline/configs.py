@@ -1,17 +1,14 @@
-"""The pipeline's configuration: every hyperparameter and location, with the defaults the project runs on.
+"""Where the pipeline runs, and what decides whether its data and its model may go on: names, default
+locations, the release gate's margin and the data checks' thresholds.
 
-`TrainingConfig` travels as the Trainer's and Transform's `custom_config` (a plain dict), so the
-same validated values reach every stage and every orchestrator.
+The training hyperparameters and their validation are `modules.config.TrainingConfig`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict
 
-from modules.adapters import AdapterConfig
-from modules.backbone import DEFAULT_MODEL
-from modules.glue import GlueTask, get_task
+from modules.glue import GlueTask
 
 PIPELINE_NAME = "adapter-bert-glue"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,71 +19,6 @@ DEFAULT_OUTPUT_DIR = os.path.join(REPO_ROOT, "outputs")
 # at least this much (absolute). 0.01 is about 4 of MRPC's 408 dev examples, 3 of RTE's 277: more than rounding,
 # less than what a model that learned the task gains (docs/failure_behaviour.md lists the floors per task).
 DEFAULT_CONSTANT_MARGIN = 0.01
-DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
-PRECISIONS = ("float32", "mixed_bfloat16")  # TrainingConfig.precision: Keras mixed-precision policies
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    """What the Transform and Trainer stages need; validated on construction, before any work starts."""
-
-    task: str = "mrpc"
-    model: str = DEFAULT_MODEL
-    bottleneck_size: int = 64
-    non_linearity: str = "gelu"
-    placement: str = "houlsby"
-    train_layer_norms: bool = True
-    full_finetune: bool = False
-    batch_size: int = 32
-    epochs: int = 3
-    max_seq_length: int = 128
-    learning_rate: float = 3e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 42
-    bucketing: bool = True
-    # Training arithmetic. "mixed_bfloat16": float32 weights, bfloat16 matmuls; about 1.3x fewer CPU seconds a
-    # step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without. The exported model always
-    # computes in float32.
-    precision: str = "float32"
-    # tf.distribute strategy of the Trainer: "auto" = MultiWorkerMirroredStrategy when TF_CONFIG describes a
-    # cluster of more than one task, else the default (one-device) strategy; or one of them explicitly.
-    distribution: str = "auto"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "task", get_task(self.task).name)
-        for flag in ("batch_size", "epochs", "max_seq_length"):
-            value = getattr(self, flag)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"--{flag} must be a positive integer, got {value!r}.")
-        if self.max_seq_length < 3:
-            raise ValueError(f"--max_seq_length must leave room for [CLS] and two [SEP] tokens (>= 3), got {self.max_seq_length}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate!r}.")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
-        if self.weight_decay < 0:
-            raise ValueError(f"--weight_decay must be >= 0, got {self.weight_decay!r}.")
-        if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}.")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
-        self.adapter_config()  # validates bottleneck size, non-linearity and placement
-
-    def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig(
-            bottleneck_size=self.bottleneck_size,
-            non_linearity=self.non_linearity,
-            placement=self.placement,
-            train_layer_norms=self.train_layer_norms,
-        )
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "TrainingConfig":
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
 @dataclasses.dataclass(frozen=True)

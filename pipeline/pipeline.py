@@ -20,9 +20,10 @@ from components.glue_example_gen.component import GlueExampleGen
 from components.glue_schema_gen import GlueSchemaGen
 from components.pusher import AtomicPusher
 from components.trainability_gate import TrainabilityGate
+from modules.config import TrainingConfig
 from modules.glue import get_task
 from modules.metrics import evaluator_configs
-from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks, TrainingConfig
+from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"

@@ -10,20 +10,31 @@ wall time per component.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging as std_logging
 import os
 import sys
 import time
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
+from pipeline import console
+
+# Decided before TensorFlow is imported (it reads its C++ log level once): `python -m pipeline.run` owns its
+# process's console (pipeline/console.py), and its --verbose shows everything.
+MAIN_COMMAND = __name__ == "__main__"
+VERBOSE = MAIN_COMMAND and "--verbose" in sys.argv[1:]
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-warnings.filterwarnings("ignore", category=FutureWarning)  # google-cloud's Python 3.10 notices, on every import
+if not VERBOSE:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines
+    console.ignore_benign_warnings()
+STDERR_FILTER = console.StderrFilter(console.CPP_BENIGN_LINES) if MAIN_COMMAND and not VERBOSE else None
+if STDERR_FILTER:
+    atexit.register(STDERR_FILTER.close)  # also after an error: its message is passed on before the exit
 
 from absl import logging
 
 from modules import backbone as backbone_lib
+from modules.config import TrainingConfig
 from pipeline import configs
 
 PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
@@ -55,7 +66,7 @@ def split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every runner shares (this one, kubeflow.runner): task, backbone, training, blessing, caching."""
-    defaults = configs.TrainingConfig()
+    defaults = TrainingConfig()
     parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
     parser.add_argument("--model", "--casing", dest="model", default=defaults.model,
                         help="backbone: 'minilm' (offline default), a local HF model dir, or a hub name like bert-base-uncased")
@@ -93,16 +104,18 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--serving_dir", "--saved_models_dir", dest="serving_dir",
                         help="Pusher destination: <serving_dir>/<task>/<version>/ (default <output_dir>/serving)")
     parser.add_argument("--metadata_path", help="SQLite ML Metadata file (default <output_dir>/metadata.sqlite)")
-    parser.add_argument("--verbose", action="store_true", help="show TFX's full log, not just progress")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the full log (TFX's, TensorFlow's C++ lines, the known-benign messages of "
+                             "pipeline/console.py), not just progress and warnings")
     return parser.parse_args(ours), beam_args
 
 
-def training_config(args: argparse.Namespace, check_backbone: bool = True) -> configs.TrainingConfig:
+def training_config(args: argparse.Namespace, check_backbone: bool = True) -> TrainingConfig:
     """The validated training configuration; also checks the backbone exists and fits --max_seq_length.
 
     check_backbone=False where the backbone is resolved later, in the container (kubeflow.runner); the Trainer checks it there.
     """
-    config = configs.TrainingConfig(
+    config = TrainingConfig(
         task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
         bucketing=not args.no_bucketing, **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
     )
@@ -182,13 +195,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     pipeline.metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         os.path.abspath(metadata_path))
     logging.set_verbosity(logging.INFO)
+    if MAIN_COMMAND:
+        console.one_tensorflow_handler()
     if not args.verbose:
         std_logging.getLogger("absl").addFilter(ProgressFilter())
+        console.quiet_known_benign()
     start = time.time()
     try:
         tfx.orchestration.LocalDagRunner().run_with_ir(compile_local(pipeline))
     except Exception as e:  # a component failed; its message says what and where (--verbose: the full log)
         sys.exit(f"error: the pipeline stopped: {type(e).__name__}: {e}")
+    if STDERR_FILTER:
+        STDERR_FILTER.close()  # the log's last lines before the summary
     print_summary(config.task, metadata_path, name, time.time() - start)
 
 

@@ -1,6 +1,7 @@
 """Backbone loading: the offline MiniLM default, local directories in every supported weight format, the
 errors for everything else, tokenizer settings and the weights fingerprint."""
 import json
+import logging
 import os
 import sys
 import time
@@ -158,6 +159,30 @@ def test_local_pytorch_safetensors_load_with_pytorch_names(tmp_path, checkpoint:
     for key, value in expected.items():
         assert np.array_equal(actual[key], value), key
     assert weights_fingerprint(loaded.variables) == weights_fingerprint(reference.variables)
+
+
+@pytest.mark.parametrize("extra, reported", [("embeddings.position_ids", False), ("encoder.extra.weight", True)])
+def test_only_real_unused_weights_are_reported(tmp_path, caplog: pytest.LogCaptureFixture, extra: str,
+                                              reported: bool) -> None:
+    """PyTorch checkpoints (MiniLM's too) carry the position_ids buffer, which TF BERT does not need: no warning
+    for it; any other unused weight keeps transformers' warning."""
+    config = tiny_config()
+    state_dict = {}
+    for key, value in by_key(build_backbone(config)).items():
+        name, transposed = pytorch_name(key)
+        state_dict[name] = np.ascontiguousarray(value.T if transposed else value)
+    state_dict[extra] = np.arange(config.max_position_embeddings, dtype=np.int64)[None]
+    config.save_pretrained(str(tmp_path))
+    save_file(state_dict, str(tmp_path / "model.safetensors"))
+    transformers_logger = logging.getLogger("transformers.modeling_tf_pytorch_utils")  # does not propagate
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        load_backbone(str(tmp_path))
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    unused = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("Some weights of the PyTorch model were not used")]
+    assert bool(unused) == reported and all(extra in message for message in unused)
 
 
 @pytest.mark.parametrize("config", [transformers.RobertaConfig(), transformers.GPT2Config()], ids=["roberta", "gpt2"])

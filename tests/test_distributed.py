@@ -76,7 +76,7 @@ def tiny_model_dir(directory: str) -> str:
 
 
 def training_config(model_dir: str, **overrides) -> Dict:
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     values = dict(task="mrpc", model=model_dir, max_seq_length=32, batch_size=BATCH_SIZE, epochs=1,
                   learning_rate=1e-2, warmup_ratio=0.0, bottleneck_size=8, seed=7)
@@ -89,7 +89,7 @@ def run_data_stages(root: str, data_dir: str, model_dir: str, beam_args: List[st
     from tfx import v1 as tfx
     from tfx.orchestration.pipeline import RunOptions
 
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
     from pipeline.pipeline import create_pipeline
 
     pipeline_root = os.path.join(root, "pipeline")
@@ -222,7 +222,7 @@ def test_chief_is_the_chief_task_else_worker_zero():
     import tensorflow as tf
 
     from modules.trainer import is_chief
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     def strategy(cluster, task_type, task_id):
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -311,7 +311,7 @@ def worker_main(job_file: str) -> None:
     else:
         import tensorflow_transform as tft
 
-        from pipeline.configs import TrainingConfig
+        from modules.config import TrainingConfig
 
         feature_spec = tft.TFTransformOutput(job["transform_graph"]).transformed_feature_spec()
         model, _ = trainer.train(TrainingConfig.from_dict(job["custom_config"]), job["train_files"],

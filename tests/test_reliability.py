@@ -203,7 +203,7 @@ def test_drifted_statistics_stop_the_run_at_the_data_gate_naming_each_anomaly(tm
 
 def test_nothing_downstream_of_the_data_can_run_before_the_data_gate(tmp_path) -> None:
     """In the real pipeline, Transform waits for DataGate, and everything that trains or pushes waits for Transform."""
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
     from pipeline.pipeline import create_pipeline
 
     data_dir = write_mrpc(str(tmp_path / "glue"), 4, 2, shuffle_train_labels=False, seed=0)
@@ -444,7 +444,7 @@ def test_pusher_executor_pushes_only_blessed_models_and_records_the_version(tmp_
 
 def test_the_pipeline_pushes_with_the_atomic_pusher(tmp_path) -> None:
     from components.pusher import AtomicPusher, Executor
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
     from pipeline.pipeline import create_pipeline
 
     data_dir = write_mrpc(str(tmp_path / "glue"), 4, 2, shuffle_train_labels=False, seed=0)

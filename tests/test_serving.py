@@ -83,7 +83,7 @@ def push_model(root: str, task_name: str, model_dir: str):
 
     from modules import backbone, preprocessing, trainer
     from modules.model import INPUT_NAMES
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     task = get_task(task_name)
     config = TrainingConfig(task=task.name, model=model_dir, max_seq_length=MAX_SEQ_LENGTH, bottleneck_size=8)

@@ -239,7 +239,7 @@ def test_the_thresholds_reach_the_compiled_kubeflow_spec(tmp_path) -> None:
 
 
 def test_in_the_pipeline_everything_that_trains_or_pushes_waits_for_the_gate(tmp_path) -> None:
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
     from pipeline.pipeline import create_pipeline
 
     data_dir = write_files(str(tmp_path / "glue"), "stsb", {"train.tsv": rows([1.0, 4.0], 1), "dev.tsv": rows([2.0], 2)})

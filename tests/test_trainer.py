@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules.trainer import WarmupLinearDecay, make_dataset, model_inputs
+from modules.trainer import EpochEta, WarmupLinearDecay, make_dataset, model_inputs
 from tiny_bert import write_tiny_bert
 
 MAX_SEQ_LENGTH = 32
@@ -20,6 +20,47 @@ FEATURE_SPEC = {
     "label": tf.io.FixedLenFeature([], tf.int64),
 }
 CLS, SEP, FIRST_WORD_ID = 2, 3, 5  # tiny_bert's vocabulary: [PAD] [UNK] [CLS] [SEP] [MASK] ...
+
+
+# --- EpochEta ------------------------------------------------------------------------------------------------
+
+
+def etas(step_seconds: List[float], traced: List[bool], min_steps: int = 3) -> List[object]:
+    """The estimate after each of the given steps of one epoch."""
+    eta = EpochEta(total_steps=len(step_seconds), min_steps=min_steps)
+    estimates = []
+    for seconds, was_traced in zip(step_seconds, traced):
+        eta.add_step(seconds, was_traced)
+        estimates.append(eta.remaining_seconds())
+    return estimates
+
+
+def test_eta_waits_for_steps_that_trace_nothing_then_ignores_the_tracing() -> None:
+    # A first epoch: two 40 s tracing steps (two batch shapes), then 1 s and 3 s steps (short and long buckets).
+    seconds = [40.0, 40.0] + [1.0, 3.0] * 4
+    traced = [True, True] + [False] * 8
+    estimates = etas(seconds, traced)
+    assert estimates[:4] == [None] * 4  # 0, 0, 1 and 2 steps without tracing: fewer than min_steps
+    assert estimates[4] == pytest.approx(5 * (1 + 3 + 1) / 3)
+    assert estimates[5] == pytest.approx(4 * 2.0)  # the true remaining time: 1 + 3 + 1 + 3 s
+    assert estimates[-1] == 0
+    # (A rate over all the steps so far would have said 4 * 88 / 6 = 59 s there.)
+
+
+def test_eta_skips_a_late_tracing_step_and_counts_every_step_as_done() -> None:
+    estimates = etas([2.0] * 4 + [30.0] + [2.0] * 5, [False] * 4 + [True] + [False] * 5)
+    assert estimates[3] == pytest.approx(6 * 2.0)
+    assert estimates[4] == pytest.approx(5 * 2.0)
+
+
+def test_eta_step_seconds_is_the_mean_untraced_step() -> None:
+    eta = EpochEta(total_steps=100, min_steps=2)
+    eta.add_step(50.0, traced=True)
+    eta.add_step(1.0, traced=False)
+    assert eta.step_seconds() is None
+    eta.add_step(2.0, traced=False)
+    assert eta.step_seconds() == pytest.approx(1.5)
+    assert eta.remaining_seconds() == pytest.approx(97 * 1.5)
 
 
 # --- WarmupLinearDecay -------------------------------------------------------------------------------------
@@ -191,7 +232,7 @@ def test_missing_files_are_an_error_naming_the_pattern(tmp_path) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory):
     """`train` for 2 epochs on 40 train / 16 eval examples, with a tiny BERT: (model, history, log_dir, steps/epoch)."""
     from modules.trainer import train
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     root = tmp_path_factory.mktemp("train")
     model_dir = write_tiny_bert(root / "tiny_bert")
@@ -258,7 +299,7 @@ def test_mixed_bfloat16_trains_in_bfloat16_and_exports_the_same_weights_in_float
 
     from modules.glue import get_task
     from modules.trainer import float32_copy, train
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     rng = np.random.default_rng(2)
     train_files = write_transformed(str(tmp_path / "train"), rng.integers(5, 33, 16).tolist(), [0, 1] * 8)
@@ -281,7 +322,7 @@ def test_mixed_bfloat16_trains_in_bfloat16_and_exports_the_same_weights_in_float
 
 
 def test_unknown_precision_is_refused_naming_the_flag() -> None:
-    from pipeline.configs import TrainingConfig
+    from modules.config import TrainingConfig
 
     with pytest.raises(ValueError, match="--precision must be one of float32, mixed_bfloat16"):
         TrainingConfig(precision="float16")
