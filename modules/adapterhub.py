@@ -103,6 +103,20 @@ def bottleneck_size(hidden_size: int, reduction_factor: float) -> int:
     return max(1, int(hidden_size // reduction_factor))
 
 
+def reduction_factor(hidden_size: int, size: int) -> float:
+    """A reduction_factor for which AdapterHub's int(hidden_size // factor) is `size`.
+
+    hidden_size / size itself can floor to size - 1 (16 // (16 / 5) == 4.0): then the next smaller floats are tried.
+    """
+    factor = hidden_size / size
+    for _ in range(8):
+        if bottleneck_size(hidden_size, factor) == size:
+            return int(factor) if factor.is_integer() else factor
+        factor = float(np.nextafter(factor, 0.0))
+    raise AdapterHubError(f"bottleneck_size {size} cannot be written as AdapterHub's reduction_factor for hidden size "
+                          f"{hidden_size}.")
+
+
 def adapter_config_from_hub(wrapper: Dict, source: str) -> Tuple[AdapterConfig, int]:
     """This project's AdapterConfig for an AdapterHub adapter_config.json, and the hidden size it names.
 
@@ -155,15 +169,11 @@ def hub_adapter_config(adapter: AdapterConfig, hidden_size: int, name: str, mode
     """The adapter_config.json AdapterHub reads back as exactly `adapter` (refuses what it cannot express)."""
     if adapter.non_linearity not in NON_LINEARITY_TO_HUB:
         raise AdapterHubError(f"non_linearity {adapter.non_linearity!r} has no AdapterHub name.")
-    factor = hidden_size / adapter.bottleneck_size
-    if bottleneck_size(hidden_size, factor) != adapter.bottleneck_size:  # float rounding in AdapterHub's formula
-        raise AdapterHubError(f"bottleneck_size {adapter.bottleneck_size} cannot be written as AdapterHub's "
-                              f"reduction_factor for hidden size {hidden_size} (int({hidden_size} // {factor!r}) "
-                              f"= {bottleneck_size(hidden_size, factor)}).")
+    factor = reduction_factor(hidden_size, adapter.bottleneck_size)
     config = dict(_BN_CONFIG_DEFAULTS)
     config.update(mh_adapter=adapter.placement == "houlsby", output_adapter=True,
                   original_ln_before=adapter.original_ln_before, non_linearity=NON_LINEARITY_TO_HUB[adapter.non_linearity],
-                  reduction_factor=int(factor) if float(factor).is_integer() else factor)
+                  reduction_factor=factor)
     return {"config": dict(sorted(config.items())), "hidden_size": hidden_size, "model_class": "BertAdapterModel",
             "model_name": model_name, "model_type": "bert", "name": name, "version": ADAPTERHUB_VERSION}
 
@@ -343,13 +353,39 @@ def _read_json(path: str) -> Dict:
         return json.load(f)
 
 
-def read_hub_adapter(directory: str, num_labels: int) -> Tuple[AdapterConfig, int, Dict[str, np.ndarray], bool, Dict]:
-    """Reads and checks an AdapterHub adapter directory: (config, hidden size, weights by our keys, whether the
-    head uses the backbone's pooler, the hub config). The backbone's pooler, if needed, is not among the weights."""
+def class_order(label2id: Optional[Dict[str, int]], task, head_labels: Optional[List[str]], source: str) -> List[int]:
+    """For each of the task's classes (this project's label ids), the AdapterHub head's output index.
+
+    The head's label2id names decide when they are the task's label names (AdapterHub adapters trained on
+    Hugging Face's GLUE datasets order MNLI as entailment, neutral, contradiction; this project as the GLUE files
+    sort them); otherwise `head_labels` (the task's label names in the head's order) must say it.
+    """
+    if task.is_regression:
+        return [0]
+    names = list(task.label_names)
+    if head_labels is None and label2id and {k.lower() for k in label2id} == set(names):
+        by_name = {k.lower(): v for k, v in label2id.items()}
+        return [by_name[name] for name in names]
+    if head_labels is None:
+        raise AdapterHubError(f"{source}: head label2id={label2id!r} does not name task {task.name}'s labels "
+                              f"{names}: say which label each head output is with --head_labels (e.g. "
+                              f"--head_labels {','.join(names)}); nothing was written.")
+    if sorted(head_labels) != sorted(names):
+        raise AdapterHubError(f"--head_labels {','.join(head_labels)}: expected an order of {names}.")
+    return [head_labels.index(name) for name in names]
+
+
+def read_hub_adapter(directory: str, task, head_labels: Optional[List[str]] = None
+                     ) -> Tuple[AdapterConfig, int, Dict[str, np.ndarray], bool, Dict]:
+    """Reads and checks an AdapterHub adapter directory: (config, hidden size, weights by our keys with the classes
+    in the task's order, whether the head uses the backbone's pooler, the hub config). The backbone's pooler, if
+    the head uses it, is not among the weights."""
     wrapper = _read_json(os.path.join(directory, CONFIG_FILE))
     adapter, hidden_size = adapter_config_from_hub(wrapper, os.path.join(directory, CONFIG_FILE))
     head_wrapper = _read_json(os.path.join(directory, HEAD_CONFIG_FILE))
-    uses_pooler = check_head_config(head_wrapper, num_labels, os.path.join(directory, HEAD_CONFIG_FILE))
+    head_source = os.path.join(directory, HEAD_CONFIG_FILE)
+    uses_pooler = check_head_config(head_wrapper, task.num_labels, head_source)
+    order = class_order((head_wrapper.get("config") or {}).get("label2id"), task, head_labels, head_source)
     name = wrapper.get("name")
     tensors, path = read_tensors(directory, WEIGHTS_FILES)
     legacy = re.compile("|".join(_LEGACY_WEIGHT_NAMES))
@@ -364,10 +400,13 @@ def read_hub_adapter(directory: str, num_labels: int) -> Tuple[AdapterConfig, in
     head_tensors, head_path = read_tensors(directory, HEAD_WEIGHTS_FILES)
     head_name = head_wrapper.get("name", name)
     weights.update(_convert(head_tensors, head_name_map(head_name, uses_pooler), head_path))
+    weights["classifier/kernel"] = weights["classifier/kernel"][:, order]
+    weights["classifier/bias"] = weights["classifier/bias"][order]
     return adapter, hidden_size, weights, uses_pooler, wrapper
 
 
-def import_adapter(directory: str, task, model: str, output_dir: str, max_seq_length: int) -> Dict:
+def import_adapter(directory: str, task, model: str, output_dir: str, max_seq_length: int,
+                   head_labels: Optional[List[str]] = None) -> Dict:
     """Writes an AdapterHub adapter directory as this project's adapter-only weights (adapter_config.json and
     adapter_weights.npz, as the Trainer writes them) for `task` on the backbone `model`; returns the written config.
 
@@ -376,7 +415,7 @@ def import_adapter(directory: str, task, model: str, output_dir: str, max_seq_le
     from modules import backbone as backbone_lib
     from modules.model import AdapterBertClassifier, read_adapter_config, save_adapter_weights, variable_key
 
-    adapter, hidden_size, weights, uses_pooler, wrapper = read_hub_adapter(directory, task.num_labels)
+    adapter, hidden_size, weights, uses_pooler, wrapper = read_hub_adapter(directory, task, head_labels)
     num_layers = 1 + max(int(k.split("_")[1]) for k in weights if k.startswith("adapter_"))
     bert_config = backbone_lib.load_config(backbone_lib.resolve_model_dir(model))
     for key, theirs in (("hidden_size", hidden_size), ("num_hidden_layers", num_layers)):
