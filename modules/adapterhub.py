@@ -43,7 +43,7 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
+import uuid
 import zipfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -482,7 +482,8 @@ def export_adapter(adapters_dir: str, output_dir: str, name: Optional[str] = Non
 
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".tmp-adapterhub-", dir=parent)
+    scratch = os.path.join(parent, f".tmp-adapterhub-{uuid.uuid4().hex[:8]}")
+    os.makedirs(scratch)  # not mkdtemp: the published directory gets the usual (umask) permissions
     try:
         for file_name, tensors in files.items():
             save_file(tensors, os.path.join(scratch, file_name), metadata={"format": "pt"})

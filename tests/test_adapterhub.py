@@ -331,3 +331,15 @@ def test_adapters_made_now_by_adapterhub_import_to_its_outputs(tmp_path) -> None
         load_adapter_weights(model, target)
         np.testing.assert_allclose(model(model_inputs(outputs), training=False).numpy(),
                                    outputs[f"{name}/logits"][:, CLASS_ORDER[name]], atol=ATOL, rtol=0)
+
+
+def test_adapter_configs_written_before_original_ln_before_existed_still_load(imported, tmp_path) -> None:
+    old = str(tmp_path / "old")
+    shutil.copytree(imported["houlsby_mrpc"], old)
+    path = os.path.join(old, "adapter_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    del config["adapter"]["original_ln_before"]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    assert load_model(old).adapter_config.original_ln_before is False
