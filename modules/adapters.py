@@ -10,6 +10,9 @@ The paper, Section 2.1 and Figure 2, checked line by line below:
     multi-head attention and one after the feed-forward block; each is applied to the sublayer's output
     after dropout and before the residual addition and layer normalisation.  -> `AdaptedSublayerOutput`
   - Pfeiffer placement (Pfeiffer et al. 2020): a single adapter per layer, after the feed-forward block.
+    With `original_ln_before` the adapter reads LayerNorm(sublayer output + residual) instead of the sublayer
+    output (its skip connection still adds the sublayer output, and the same LayerNorm is applied again
+    after): AdapterHub's Pfeiffer configuration (`seq_bn`), needed to serve adapters trained there.
   - Only the adapters, the layer normalisation parameters and the task head train; the pretrained
     weights stay frozen.  -> `freeze_backbone`
 
@@ -46,6 +49,7 @@ class AdapterConfig:
     placement: str = "houlsby"
     init_std: float = 1e-3
     train_layer_norms: bool = True
+    original_ln_before: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.bottleneck_size, int) or self.bottleneck_size <= 0:
@@ -84,21 +88,32 @@ class Adapter(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, hidden_states: tf.Tensor) -> tf.Tensor:
-        return hidden_states + self.up(self.non_linearity(self.down(hidden_states)))
+        return hidden_states + self.bottleneck(hidden_states)
+
+    def bottleneck(self, hidden_states: tf.Tensor) -> tf.Tensor:
+        """W_up f(W_down h + b_down) + b_up: the adapter without its skip connection."""
+        return self.up(self.non_linearity(self.down(hidden_states)))
 
 
 class AdaptedSublayerOutput(keras.layers.Layer):
-    """BERT's sublayer output with an adapter after dropout, before the residual add and LayerNorm."""
+    """BERT's sublayer output with an adapter after dropout, before the residual add and LayerNorm.
 
-    def __init__(self, sublayer: keras.layers.Layer, adapter: Adapter, **kwargs):
+    With `original_ln_before` the adapter's bottleneck reads LayerNorm(h + residual) (AdapterHub's seq_bn).
+    """
+
+    def __init__(self, sublayer: keras.layers.Layer, adapter: Adapter, original_ln_before: bool = False, **kwargs):
         super().__init__(name=sublayer.name, **kwargs)
         self.sublayer = sublayer
         self.adapter = adapter
+        self.original_ln_before = original_ln_before
 
     def call(self, hidden_states: tf.Tensor, input_tensor: tf.Tensor, training: bool = False) -> tf.Tensor:
         hidden_states = self.sublayer.dense(hidden_states)
         hidden_states = self.sublayer.dropout(hidden_states, training=training)
-        hidden_states = self.adapter(hidden_states)
+        if self.original_ln_before:
+            hidden_states = hidden_states + self.adapter.bottleneck(self.sublayer.LayerNorm(hidden_states + input_tensor))
+        else:
+            hidden_states = self.adapter(hidden_states)
         return self.sublayer.LayerNorm(hidden_states + input_tensor)
 
 
@@ -109,10 +124,11 @@ def add_adapters(bert: keras.layers.Layer, config: AdapterConfig) -> List[Adapte
     for i, layer in enumerate(bert.encoder.layer):
         if config.placement == "houlsby":
             adapter = Adapter(hidden_size, config, name=f"adapter_{i}_attention")
-            layer.attention.dense_output = AdaptedSublayerOutput(layer.attention.dense_output, adapter)
+            layer.attention.dense_output = AdaptedSublayerOutput(layer.attention.dense_output, adapter,
+                                                                 config.original_ln_before)
             adapters.append(adapter)
         adapter = Adapter(hidden_size, config, name=f"adapter_{i}_output")
-        layer.bert_output = AdaptedSublayerOutput(layer.bert_output, adapter)
+        layer.bert_output = AdaptedSublayerOutput(layer.bert_output, adapter, config.original_ln_before)
         adapters.append(adapter)
     for adapter in adapters:
         with tf.name_scope(adapter.name):

@@ -27,6 +27,7 @@ class TrainingConfig:
     non_linearity: str = "gelu"
     placement: str = "houlsby"
     train_layer_norms: bool = True
+    original_ln_before: bool = False  # the adapter reads LayerNorm(h + residual): AdapterHub's Pfeiffer (seq_bn)
     full_finetune: bool = False
     batch_size: int = 32
     epochs: int = 3
@@ -43,13 +44,21 @@ class TrainingConfig:
     # tf.distribute strategy of the Trainer: "auto" = MultiWorkerMirroredStrategy when TF_CONFIG describes a
     # cluster of more than one task, else the default (one-device) strategy; or one of them explicitly.
     distribution: str = "auto"
+    # Adapter-only weights to start from (a Trainer's adapters directory, its Model artifact, or one written by
+    # `python -m pipeline.adapterhub import`); with epochs=0 they are exported, evaluated and pushed unchanged.
+    warm_start: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", get_task(self.task).name)
         for flag in ("batch_size", "epochs", "max_seq_length"):
             value = getattr(self, flag)
+            if flag == "epochs" and self.warm_start and value == 0:
+                continue  # serve the warm start as it is
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"--{flag} must be a positive integer, got {value!r}.")
+                raise ValueError(f"--{flag} must be a positive integer, got {value!r}"
+                                 + (" (0 only with --warm_start)." if flag == "epochs" else "."))
+        if self.warm_start and self.full_finetune:
+            raise ValueError("--warm_start gives adapter-only weights: it cannot start --full_finetune.")
         if self.max_seq_length < 3:
             raise ValueError(f"--max_seq_length must leave room for [CLS] and two [SEP] tokens (>= 3), got {self.max_seq_length}.")
         if not self.learning_rate > 0:
@@ -70,6 +79,7 @@ class TrainingConfig:
             non_linearity=self.non_linearity,
             placement=self.placement,
             train_layer_norms=self.train_layer_norms,
+            original_ln_before=self.original_ln_before,
         )
 
     def to_dict(self) -> Dict[str, Any]:

@@ -148,7 +148,8 @@ def load_adapter_weights(model: AdapterBertClassifier, directory: str) -> None:
                 f"this backbone has {key}={actual[key]}."
             )
     # Settings before the fingerprint: it covers the frozen weights, which train_layer_norms changes.
-    if dataclasses.asdict(model.adapter_config) != config["adapter"] or model.num_labels != config["num_labels"]:
+    # Compared as AdapterConfig: configs written before a setting existed hold its default.
+    if AdapterConfig(**config["adapter"]) != model.adapter_config or model.num_labels != config["num_labels"]:
         raise ValueError(f"Adapters in {directory} have settings {config['adapter']} with {config['num_labels']} labels; "
                          f"the model was built with {dataclasses.asdict(model.adapter_config)} and {model.num_labels} labels.")
     if expected["fingerprint"] != actual["fingerprint"]:

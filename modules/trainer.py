@@ -38,7 +38,8 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from modules import backbone as backbone_lib
 from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
 from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
-from modules.model import INPUT_NAMES, AdapterBertClassifier, save_adapter_weights
+from modules.adapters import AdapterConfig
+from modules.model import INPUT_NAMES, AdapterBertClassifier, load_adapter_weights, read_adapter_config, save_adapter_weights
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
 from modules.config import TrainingConfig
 
@@ -259,17 +260,44 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
+def adapter_flags(adapter: AdapterConfig) -> str:
+    """The `python -m pipeline.run` flags that build adapters with these settings."""
+    flags = f"--bottleneck_size {adapter.bottleneck_size} --non_linearity {adapter.non_linearity} --placement {adapter.placement}"
+    return flags + (" --original_ln_before" if adapter.original_ln_before else "") + \
+        ("" if adapter.train_layer_norms else " --freeze_layer_norms")
+
+
+def warm_start_directory(config: TrainingConfig) -> str:
+    """The adapters directory of config.warm_start, after checking (without building a model) that its adapter
+    settings and number of labels are this run's; the backbone weights are checked when they are loaded."""
+    from modules.bundle import adapters_directory
+
+    directory = adapters_directory(config.warm_start)
+    saved = read_adapter_config(directory)
+    theirs, ours = AdapterConfig(**saved["adapter"]), config.adapter_config()
+    if theirs != ours:
+        raise ValueError(f"--warm_start {config.warm_start} holds adapters made with {adapter_flags(theirs)}; this run "
+                         f"has {adapter_flags(ours)}: pass the same adapter flags.")
+    num_labels = get_task(config.task).num_labels
+    if saved["num_labels"] != num_labels:
+        raise ValueError(f"--warm_start {config.warm_start} has {saved['num_labels']} outputs; task {config.task} has {num_labels}.")
+    return directory
+
+
 def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None) -> AdapterBertClassifier:
-    """The model in `precision` (default config.precision): a Keras policy fixes each layer's compute dtype
-    when the layer is created, so it is set around the construction only and restored after."""
+    """The model in `precision` (default config.precision), with config.warm_start's weights if given: a Keras
+    policy fixes each layer's compute dtype when the layer is created, so it is set around the construction only."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision or config.precision)
     try:
         bert = backbone_lib.load_backbone(config.model)
         backbone_lib.check_max_seq_length(config.max_seq_length, bert.config)
-        return AdapterBertClassifier(bert, task.num_labels, config.adapter_config(), full_finetune=config.full_finetune)
+        model = AdapterBertClassifier(bert, task.num_labels, config.adapter_config(), full_finetune=config.full_finetune)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+    if config.warm_start:
+        load_adapter_weights(model, warm_start_directory(config))  # refuses other backbone weights (fingerprint)
+    return model
 
 
 def float32_copy(model: AdapterBertClassifier, config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:

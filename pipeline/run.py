@@ -74,6 +74,12 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}", type=kind, default=getattr(defaults, flag))
     parser.add_argument("--full_finetune", action="store_true", help="train every weight, no adapters (the reference)")
     parser.add_argument("--freeze_layer_norms", action="store_true", help="keep the encoder's layer norms frozen too")
+    parser.add_argument("--original_ln_before", action="store_true",
+                        help="adapters read LayerNorm(sublayer output + residual), as AdapterHub's Pfeiffer (seq_bn) ones")
+    parser.add_argument("--warm_start", default="", metavar="DIR",
+                        help="start from these adapter-only weights (a Trainer's adapters dir or Model artifact, or "
+                             "`python -m pipeline.adapterhub import`'s output); the adapter flags must match them; "
+                             "--epochs 0 exports, evaluates and pushes them unchanged")
     parser.add_argument("--no_bucketing", action="store_true", help="pad every batch to --max_seq_length")
     parser.add_argument("--min_eval_value", type=float, default=0.0,
                         help="bless only if the task's main metric reaches this (can only raise the constant-predictor floor)")
@@ -117,8 +123,14 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> Tr
     """
     config = TrainingConfig(
         task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
-        bucketing=not args.no_bucketing, **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
+        bucketing=not args.no_bucketing, original_ln_before=args.original_ln_before,
+        warm_start=args.warm_start if "://" in args.warm_start or not args.warm_start else os.path.abspath(args.warm_start),
+        **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
     )
+    if config.warm_start:
+        from modules.trainer import warm_start_directory
+
+        warm_start_directory(config)
     if not check_backbone:
         return config
     model_dir = backbone_lib.resolve_model_dir(config.model)

