@@ -45,6 +45,11 @@ class TrainingConfig:
     weight_decay: float = 0.01
     seed: int = 42
     bucketing: bool = True
+    # AdapterDrop: no adapters (and frozen layer norms) in the lowest K layers, which then run forward only.
+    adapter_drop: int = 0
+    # With adapter_drop > 0: compute the frozen prefix's output for each training example once (float16, in
+    # memory) and train the layers above it on that every epoch (modules/prefix_cache.py).
+    prefix_cache: bool = True
     # Training arithmetic. "mixed_bfloat16": float32 weights, bfloat16 matmuls; about 1.3x fewer CPU seconds a
     # step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without. The exported model always
     # computes in float32.
@@ -71,7 +76,9 @@ class TrainingConfig:
             raise ValueError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}.")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
-        self.adapter_config()  # validates bottleneck size, non-linearity and placement
+        self.adapter_config()  # validates bottleneck size, non-linearity, placement and adapter_drop
+        if self.full_finetune and self.adapter_drop:
+            raise ValueError("--adapter_drop leaves adapters out of layers: it cannot be combined with --full_finetune.")
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(
@@ -79,6 +86,7 @@ class TrainingConfig:
             non_linearity=self.non_linearity,
             placement=self.placement,
             train_layer_norms=self.train_layer_norms,
+            adapter_drop=self.adapter_drop,
         )
 
     def to_dict(self) -> Dict[str, Any]:
