@@ -40,6 +40,7 @@ from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
 from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
 from modules.model import INPUT_NAMES, AdapterBertClassifier, save_adapter_weights
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
+from modules.prefix_cache import EXAMPLE_INDEX, PrefixCache, build_prefix_cache
 from pipeline.configs import TrainingConfig
 
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
@@ -96,9 +97,16 @@ def make_dataset(
     max_seq_length: int,
     shuffle_seed: Optional[int],
     bucketing: bool,
+    prefix_cache: Optional[PrefixCache] = None,
 ) -> tf.data.Dataset:
-    """(features, label) batches; with `bucketing`, examples of similar length share a batch cut to its longest."""
+    """(features, label) batches; with `bucketing`, examples of similar length share a batch cut to its longest.
+
+    With `prefix_cache` (built from the same files) the features are the cached frozen prefix's output of the
+    batch's examples instead of their token ids; shuffling and batching are the same.
+    """
     dataset = _read_transformed(file_patterns, feature_spec)
+    if prefix_cache is not None:
+        dataset = dataset.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i})
     if shuffle_seed is not None:
         dataset = dataset.shuffle(20_000, seed=shuffle_seed, reshuffle_each_iteration=True)
     if bucketing:
@@ -113,6 +121,8 @@ def make_dataset(
 
     def split(features: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
         inputs = model_inputs(features) if bucketing else {name: features[name] for name in INPUT_NAMES}
+        if prefix_cache is not None:
+            inputs = prefix_cache.inputs(features[EXAMPLE_INDEX], inputs["attention_mask"])
         return inputs, features[FEATURE_LABEL]
 
     # Under a multi-worker strategy every worker reads all files in the same order and keeps its own part of
@@ -277,6 +287,8 @@ def train(
     with strategy.scope():  # variables are created mirrored (and initialised alike) on every worker
         model = build_model(config, task)
         compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
+    if config.adapter_drop and config.prefix_cache:
+        train_data = _with_prefix_cache(model, config, train_files, feature_spec, strategy, train_data)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     total = trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
     logging.info("training %s on %d examples (%d steps/epoch, %d epochs): %d of %d parameters trainable (%.2f%%)",
@@ -291,6 +303,23 @@ def train(
         if not chief:
             shutil.rmtree(progress_dir, ignore_errors=True)
     return model, progress.history
+
+
+def _with_prefix_cache(model: AdapterBertClassifier, config: TrainingConfig, train_files: List[str], feature_spec: Dict,
+                       strategy: tf.distribute.Strategy, train_data: tf.data.Dataset) -> tf.data.Dataset:
+    """The training batches on the cached frozen prefix (modules/prefix_cache.py), or `train_data` if no cache."""
+    if strategy.num_replicas_in_sync > 1:
+        logging.warning("training without the prefix cache: it is built for one replica, this strategy has %d",
+                        strategy.num_replicas_in_sync)
+        return train_data
+    boundaries = [b for b in BUCKET_BOUNDARIES if b < config.max_seq_length]
+    cache = build_prefix_cache(model, _read_transformed(train_files, feature_spec), config.batch_size, boundaries)
+    if cache is None:
+        return train_data
+    cached = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
+                          shuffle_seed=config.seed, bucketing=config.bucketing, prefix_cache=cache)
+    steps_per_epoch = _count(cached)  # iterated once like train_data, so both reshuffle alike in every epoch
+    return cached.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
 
 
 class ServingModule(tf.Module):

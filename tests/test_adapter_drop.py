@@ -198,3 +198,75 @@ def test_pipeline_flag_is_checked_against_the_backbone(tmp_path) -> None:
     args, _ = parse_args(["--model", model_dir, "--adapter_drop", "3"])
     with pytest.raises(ValueError, match="--adapter_drop 3 must be between 0 and the backbone's 2 layers"):
         training_config(args)
+
+
+# --- the cached frozen prefix ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_with_and_without_cache(tmp_path_factory: pytest.TempPathFactory):
+    """`train` at K = 2 of 3 layers, 2 epochs on 40 examples, once on the cached prefix and once without."""
+    from modules.trainer import train
+    from pipeline.configs import TrainingConfig
+
+    root = tmp_path_factory.mktemp("cache")
+    model_dir = write_tiny_bert(root / "tiny_bert", num_layers=3, initializer_range=0.2)
+    rng = np.random.default_rng(1)
+    train_files = write_transformed(str(root / "train"), rng.integers(5, MAX_SEQ_LENGTH + 1, 40).tolist(),
+                                    rng.integers(0, 2, 40).tolist())
+    eval_files = write_transformed(str(root / "eval"), rng.integers(5, 33, 16).tolist(), [0, 1] * 8)
+    models = {}
+    for cached in (True, False):
+        config = TrainingConfig(task="mrpc", model=model_dir, batch_size=8, epochs=2, max_seq_length=MAX_SEQ_LENGTH,
+                                bottleneck_size=8, learning_rate=1e-2, adapter_drop=2, prefix_cache=cached)
+        models[cached], _ = train(config, [train_files], [eval_files], FEATURE_SPEC, str(root / f"logs-{cached}"))
+    return models
+
+
+def input_keys(model: keras.Model) -> List[str]:
+    signatures = model.train_function.pretty_printed_concrete_signatures()
+    return sorted(key for key in (PREFIX_OUTPUT, "input_ids", "attention_mask") if f"'{key}'" in signatures)
+
+
+def test_training_on_the_cached_prefix_gives_the_weights_of_training_without_it(trained_with_and_without_cache) -> None:
+    cached, uncached = trained_with_and_without_cache[True], trained_with_and_without_cache[False]
+    assert input_keys(cached) == ["attention_mask", PREFIX_OUTPUT]  # the steps ran on the cache, not on token ids
+    assert input_keys(uncached) == ["attention_mask", "input_ids"]
+    differences = {}
+    for a, b in zip(cached.trainable_variables, uncached.trainable_variables):
+        assert variable_key(a) == variable_key(b)
+        differences[variable_key(a)] = float(np.abs(a.numpy() - b.numpy()).max())
+    # What training moved: adapter biases start at exactly zero.
+    moved = min(float(np.abs(v.numpy()).max()) for v in cached.trainable_variables if "adapter" in v.name and "bias" in v.name)
+    # float16 rounding of the cached states (relative error <= 2**-11) is all that differs: measured 1.0e-4,
+    # against 8.2e-3 for the smallest largest-movement of an adapter bias.
+    assert max(differences.values()) < 5e-4, differences
+    assert moved > 5e-3
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_cached_batches_hold_the_prefix_output_of_their_own_examples(tmp_path, monkeypatch, bucketing: bool) -> None:
+    from modules import prefix_cache
+    from modules.trainer import BUCKET_BOUNDARIES, _read_transformed, make_dataset
+
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(5, MAX_SEQ_LENGTH + 1, 20)
+    files = [write_transformed(str(tmp_path / "train"), lengths.tolist(), [0, 1] * 10)]
+    model = AdapterBertClassifier(tiny_backbone(vocab_size=400, max_position_embeddings=64), 2,
+                                  AdapterConfig(adapter_drop=1))
+    boundaries = [b for b in BUCKET_BOUNDARIES if b < MAX_SEQ_LENGTH]
+    cache = prefix_cache.build_prefix_cache(model, _read_transformed(files, FEATURE_SPEC), 8, boundaries)
+    assert cache.nbytes == lengths.sum() * HIDDEN * 2  # float16, each example at its own length
+    plain = make_dataset(files, FEATURE_SPEC, 8, MAX_SEQ_LENGTH, shuffle_seed=None, bucketing=bucketing)
+    cached = make_dataset(files, FEATURE_SPEC, 8, MAX_SEQ_LENGTH, shuffle_seed=None, bucketing=bucketing,
+                          prefix_cache=cache)
+    for (tokens, label), (states, cached_label) in zip(plain, cached):
+        np.testing.assert_array_equal(label.numpy(), cached_label.numpy())
+        np.testing.assert_array_equal(states["attention_mask"].numpy(), tokens["attention_mask"].numpy())
+        assert states[PREFIX_OUTPUT].dtype == tf.float16
+        mask = tokens["attention_mask"].numpy().astype(bool)
+        expected = model.frozen_prefix(tokens).numpy()
+        np.testing.assert_allclose(states[PREFIX_OUTPUT].numpy()[mask], expected[mask], rtol=2e-3, atol=1e-3)
+        assert not states[PREFIX_OUTPUT].numpy()[~mask].any()  # padding is zeros
+    monkeypatch.setattr(prefix_cache, "MAX_CACHE_BYTES", int(lengths.sum()) * HIDDEN * 2 - 1)
+    assert prefix_cache.build_prefix_cache(model, _read_transformed(files, FEATURE_SPEC), 8, boundaries) is None
