@@ -227,11 +227,35 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 arithmetic
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU does bfloat16 arithmetic natively (AVX512_BF16 or AMX); False if cpuinfo is unreadable."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras policy of TrainingConfig.precision: "auto" is mixed_bfloat16 on CPUs with native bfloat16
+    (where it is faster) and float32 elsewhere (where bfloat16 is emulated and slower)."""
+    if precision != "auto":
+        return precision
+    resolved = "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
+    logging.info("--precision auto: %s (CPU flags %s %s)", resolved, "/".join(BF16_CPU_FLAGS),
+                 "present" if resolved != "float32" else "absent")
+    return resolved
+
+
 def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None) -> AdapterBertClassifier:
     """The model in `precision` (default config.precision): a Keras policy fixes each layer's compute dtype
     when the layer is created, so it is set around the construction only and restored after."""
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(precision or config.precision)
+    keras.mixed_precision.set_global_policy(resolve_precision(precision or config.precision))
     try:
         bert = backbone_lib.load_backbone(config.model)
         backbone_lib.check_max_seq_length(config.max_seq_length, bert.config)
@@ -243,7 +267,7 @@ def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str]
 def float32_copy(model: AdapterBertClassifier, config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:
     """`model` itself if it computes in float32, else the same weights in a float32 model (what is exported:
     exact predictions, and fast on CPUs without bfloat16 arithmetic)."""
-    if config.precision == "float32":
+    if model.compute_dtype == "float32":
         return model
     copy = build_model(config, task, precision="float32")
     copy.set_weights(model.get_weights())

@@ -23,7 +23,9 @@ DEFAULT_OUTPUT_DIR = os.path.join(REPO_ROOT, "outputs")
 # less than what a model that learned the task gains (docs/failure_behaviour.md lists the floors per task).
 DEFAULT_CONSTANT_MARGIN = 0.01
 DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
-PRECISIONS = ("float32", "mixed_bfloat16")  # TrainingConfig.precision: Keras mixed-precision policies
+# TrainingConfig.precision: Keras mixed-precision policies, or "auto" (trainer.resolve_precision: mixed_bfloat16
+# on CPUs with native bfloat16 arithmetic, float32 elsewhere).
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
