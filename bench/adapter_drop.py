@@ -1,6 +1,7 @@
 """AdapterDrop and the cached frozen prefix: training throughput of MiniLM at fixed length 128, batch 32.
 
     python -m bench.adapter_drop [--steps 3] [--repeats 3] [--drops 0 1 2 3] [--no-adapterhub] [--no-mrpc]
+    python -m bench.adapter_drop --mrpc-only      # the MRPC cache part alone (bench/results/adapter_drop_mrpc.json)
 
 Variants, measured in one process and interleaved (A, B, C, ... A, B, C, ...), medians of the repeats:
   K=k            trainer.build_model(TrainingConfig(adapter_drop=k)) + trainer.compile_model, Keras fit on token
@@ -121,6 +122,20 @@ def mrpc_cache(common) -> Dict:
     return result
 
 
+def print_mrpc(mrpc: Dict) -> None:
+    if not mrpc or "skipped" in mrpc:
+        print(f"MRPC cache not measured: {mrpc.get('skipped', '--no-mrpc')}")
+        return
+    print(f"\nMRPC prefix cache, K=2: {mrpc['examples']} examples, mean length {mrpc['mean_length']:.1f}, "
+          f"{mrpc['bytes'] / 1e6:.1f} MB ({mrpc['mb_per_1000_examples']:.1f} MB per 1,000), "
+          f"built in {mrpc['build_seconds']:.1f} s; input pipeline per epoch: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in mrpc["input_pipeline_seconds_per_epoch"].items()))
+    if "sst2" in mrpc:
+        s = mrpc["sst2"]
+        print(f"SST-2 ({s['examples']} examples, {s['tokens']} tokens): cache {s['cache_bytes_minilm'] / 1e9:.2f} GB "
+              f"for MiniLM, {s['cache_bytes_bert_base'] / 1e9:.2f} GB for BERT-base")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="training steps per measurement")
@@ -128,7 +143,16 @@ def main() -> None:
     parser.add_argument("--drops", type=int, nargs="+", default=[0, 1, 2, 3], help="AdapterDrop K values")
     parser.add_argument("--no-adapterhub", action="store_true", help="do not measure AdapterHub")
     parser.add_argument("--no-mrpc", action="store_true", help="skip the MRPC cache measurement")
+    parser.add_argument("--mrpc-only", action="store_true", help="only the MRPC cache measurement")
     args = parser.parse_args()
+    if args.mrpc_only:
+        from bench import common
+
+        started = common.machine_state()
+        mrpc = mrpc_cache(common)
+        print_mrpc(mrpc)
+        common.write_results("adapter_drop_mrpc", {"mrpc_cache": mrpc}, started)
+        return
 
     from bench import common
     from bench.train_throughput import CPU_SECONDS_PER_STEP, fit_rate, loop_rate, synthetic_batch, synthetic_dataset
@@ -220,15 +244,7 @@ def main() -> None:
     print()
     common.print_table(["ratio (medians, same run)", "value"], [[k, v] for k, v in ratios.items()])
     mrpc = {} if args.no_mrpc else mrpc_cache(common)
-    if mrpc and "skipped" not in mrpc:
-        print(f"\nMRPC prefix cache, K=2: {mrpc['examples']} examples, mean length {mrpc['mean_length']:.1f}, "
-              f"{mrpc['bytes'] / 1e6:.1f} MB ({mrpc['mb_per_1000_examples']:.1f} MB per 1,000), "
-              f"built in {mrpc['build_seconds']:.1f} s; input pipeline per epoch: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in mrpc["input_pipeline_seconds_per_epoch"].items()))
-        if "sst2" in mrpc:
-            s = mrpc["sst2"]
-            print(f"SST-2 ({s['examples']} examples, {s['tokens']} tokens): cache {s['cache_bytes_minilm'] / 1e9:.2f} GB "
-                  f"for MiniLM, {s['cache_bytes_bert_base'] / 1e9:.2f} GB for BERT-base")
+    print_mrpc(mrpc)
     common.write_results("adapter_drop", {
         "settings": {"batch_size": BATCH, "seq_length": SEQ, "steps_per_measurement": args.steps,
                      "repeats": args.repeats, "model": "minilm (6 layers, hidden 384)",

@@ -67,7 +67,8 @@ def build_prefix_cache(model: AdapterBertClassifier, examples: tf.data.Dataset, 
         logging.warning("training without the prefix cache: it would take %.1f GB (%d tokens), more than the %.1f GB "
                         "limit (modules/prefix_cache.py MAX_CACHE_BYTES)", size / 1e9, num_tokens, MAX_CACHE_BYTES / 1e9)
         return None
-    prefix = tf.function(model.frozen_prefix, autograph=False)
+    spec = {name: tf.TensorSpec([None, None], tf.int64) for name in INPUT_NAMES}  # one trace for every length
+    prefix = tf.function(model.frozen_prefix, input_signature=[spec], autograph=False)
     batches = examples.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i}).bucket_by_sequence_length(
         lambda features: tf.cast(features[LENGTH], tf.int32),
         bucket_boundaries=[b + 1 for b in bucket_boundaries],
