@@ -270,3 +270,22 @@ def test_cached_batches_hold_the_prefix_output_of_their_own_examples(tmp_path, m
         assert not states[PREFIX_OUTPUT].numpy()[~mask].any()  # padding is zeros
     monkeypatch.setattr(prefix_cache, "MAX_CACHE_BYTES", int(lengths.sum()) * HIDDEN * 2 - 1)
     assert prefix_cache.build_prefix_cache(model, _read_transformed(files, FEATURE_SPEC), 8, boundaries) is None
+
+
+def test_a_bundle_builds_the_task_with_its_k_and_shares_the_frozen_layer_norms(tmp_path) -> None:
+    from modules.bundle import SharedBackbone, read_task_adapters
+
+    backbone = tiny_backbone()
+    backbone_weights = backbone.get_weights()
+    model = AdapterBertClassifier(backbone, 2, AdapterConfig(adapter_drop=2))
+    randomize_adapters(model)
+    save_adapter_weights(model, str(tmp_path), extra={"task": "mrpc", "max_seq_length": 16})
+    shared_backbone = tiny_backbone()
+    shared_backbone.set_weights(backbone_weights)
+    shared = SharedBackbone(shared_backbone)
+    task_model = shared.task_model(read_task_adapters(str(tmp_path)))
+    assert task_model.adapter_config.adapter_drop == 2
+    inputs = random_inputs()
+    np.testing.assert_array_equal(task_model(inputs).numpy(), model(inputs).numpy())
+    layer_norm = "bert/encoder/layer_._0/output/LayerNorm/gamma"
+    assert any(v is shared.variables[layer_norm] for v in task_model.variables)
