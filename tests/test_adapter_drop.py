@@ -289,3 +289,19 @@ def test_a_bundle_builds_the_task_with_its_k_and_shares_the_frozen_layer_norms(t
     np.testing.assert_array_equal(task_model(inputs).numpy(), model(inputs).numpy())
     layer_norm = "bert/encoder/layer_._0/output/LayerNorm/gamma"
     assert any(v is shared.variables[layer_norm] for v in task_model.variables)
+
+
+def test_a_saved_model_serves_the_k_model_exactly(tmp_path) -> None:
+    """What export_serving_model's signatures do with the model: call it on token ids inside a tf.function."""
+    model = AdapterBertClassifier(tiny_backbone(), 2, AdapterConfig(adapter_drop=2))
+    randomize_adapters(model)
+    module = tf.Module()
+    module.model = model
+    spec = tf.TensorSpec([None, None], tf.int64)
+    module.logits = tf.function(lambda ids, mask, types: model(
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, training=False), input_signature=[spec] * 3)
+    tf.saved_model.save(module, str(tmp_path), signatures={"logits": module.logits.get_concrete_function()})
+    serve = tf.saved_model.load(str(tmp_path)).signatures["logits"]
+    inputs = random_inputs()
+    served = serve(ids=inputs["input_ids"], mask=inputs["attention_mask"], types=inputs["token_type_ids"])
+    np.testing.assert_allclose(list(served.values())[0].numpy(), model(inputs).numpy(), rtol=1e-6, atol=1e-6)
