@@ -42,10 +42,11 @@ HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "/work/hubenv/bin/python")
 class AdapterHub:
     """bench/adapterhub_drop.py as a subprocess answering one measurement per request."""
 
-    def __init__(self, model_dir: str, drops: List[int]):
+    def __init__(self, model_dir: str, drops: List[int], threads: int = 0):
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "adapterhub_drop.py")
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         self.process = subprocess.Popen([HUB_PYTHON, script, model_dir, "--drops", *map(str, drops)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._answer()
         self.cpu_seconds_per_step: Dict[int, List[float]] = {k: [] for k in drops}
 
@@ -142,6 +143,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per variant")
     parser.add_argument("--drops", type=int, nargs="+", default=[0, 1, 2, 3], help="AdapterDrop K values")
     parser.add_argument("--no-adapterhub", action="store_true", help="do not measure AdapterHub")
+    parser.add_argument("--hub-threads", type=int, default=0,
+                        help="AdapterHub's OMP_NUM_THREADS (default: PyTorch's own choice, one per core)")
     parser.add_argument("--no-mrpc", action="store_true", help="skip the MRPC cache measurement")
     parser.add_argument("--mrpc-only", action="store_true", help="only the MRPC cache measurement")
     args = parser.parse_args()
@@ -198,7 +201,7 @@ def main() -> None:
     if not args.no_adapterhub:
         if os.path.exists(HUB_PYTHON):
             print("starting AdapterHub...", flush=True)
-            hub = AdapterHub(backbone.resolve_model_dir("minilm"), args.drops)
+            hub = AdapterHub(backbone.resolve_model_dir("minilm"), args.drops, args.hub_threads)
             for k in args.drops:
                 variants[f"adapterhub K={k}"] = lambda k=k: hub.measure(k, args.steps)
         else:

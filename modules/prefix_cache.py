@@ -61,7 +61,16 @@ def build_prefix_cache(model: AdapterBertClassifier, examples: tf.data.Dataset, 
 
     Batches are length-bucketed and cut to their longest example, as in training, so padding costs little.
     """
-    num_tokens = int(examples.reduce(np.int64(0), lambda n, features: n + features[LENGTH]).numpy())
+    def add_length(total: tf.Tensor, features: Dict[str, tf.Tensor]) -> tf.Tensor:
+        return total + features[LENGTH]
+
+    def with_index(index: tf.Tensor, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        return {**features, EXAMPLE_INDEX: index}
+
+    def length(features: Dict[str, tf.Tensor]) -> tf.Tensor:
+        return tf.cast(features[LENGTH], tf.int32)
+
+    num_tokens = int(examples.reduce(np.int64(0), add_length).numpy())
     size = cache_bytes(num_tokens, model.bert.config.hidden_size)
     if size > MAX_CACHE_BYTES:
         logging.warning("training without the prefix cache: it would take %.1f GB (%d tokens), more than the %.1f GB "
@@ -69,8 +78,8 @@ def build_prefix_cache(model: AdapterBertClassifier, examples: tf.data.Dataset, 
         return None
     spec = {name: tf.TensorSpec([None, None], tf.int64) for name in INPUT_NAMES}  # one trace for every length
     prefix = tf.function(model.frozen_prefix, input_signature=[spec], autograph=False)
-    batches = examples.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i}).bucket_by_sequence_length(
-        lambda features: tf.cast(features[LENGTH], tf.int32),
+    batches = examples.enumerate().map(with_index).bucket_by_sequence_length(
+        length,
         bucket_boundaries=[b + 1 for b in bucket_boundaries],
         bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
     )
