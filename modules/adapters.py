@@ -16,6 +16,11 @@ The paper, Section 2.1 and Figure 2, checked line by line below:
   - Only the adapters, the layer normalisation parameters and the task head train; the pretrained
     weights stay frozen.  -> `freeze_backbone`
 
+AdapterDrop (Rücklé et al. 2021, "AdapterDrop: On the Efficiency of Adapters in Transformers"): with
+`adapter_drop` K > 0 the lowest K layers get no adapters and their layer norms stay frozen too, so the
+embeddings and those layers have nothing to train: the model runs them forward only, in inference mode
+(no dropout), and stops the gradient at their output (`modules.model`).
+
 In HF's TFBertLayer both positions are the same kind of sublayer (TFBertSelfOutput / TFBertOutput:
 dense -> dropout -> LayerNorm(h + residual)), so one wrapper serves both.
 """
@@ -50,6 +55,7 @@ class AdapterConfig:
     init_std: float = 1e-3
     train_layer_norms: bool = True
     original_ln_before: bool = False
+    adapter_drop: int = 0  # AdapterDrop: the lowest K layers have no adapters and are frozen entirely
 
     def __post_init__(self) -> None:
         if not isinstance(self.bottleneck_size, int) or self.bottleneck_size <= 0:
@@ -62,6 +68,14 @@ class AdapterConfig:
             raise ValueError(f"--placement {self.placement!r} is unknown: expected one of {', '.join(PLACEMENTS)}.")
         if not self.init_std > 0:
             raise ValueError(f"Adapter init_std must be positive, got {self.init_std!r}.")
+        if not isinstance(self.adapter_drop, int) or self.adapter_drop < 0:
+            raise ValueError(f"--adapter_drop must be an integer >= 0, got {self.adapter_drop!r}.")
+
+
+def check_adapter_drop(adapter_drop: int, num_layers: int) -> None:
+    """AdapterDrop can leave out at most every layer of the backbone."""
+    if not 0 <= adapter_drop <= num_layers:
+        raise ValueError(f"--adapter_drop {adapter_drop} must be between 0 and the backbone's {num_layers} layers.")
 
 
 class Adapter(keras.layers.Layer):
@@ -118,10 +132,14 @@ class AdaptedSublayerOutput(keras.layers.Layer):
 
 
 def add_adapters(bert: keras.layers.Layer, config: AdapterConfig) -> List[Adapter]:
-    """Inserts fresh adapters, each with its own variables, into every layer of a built TFBertMainLayer."""
+    """Inserts fresh adapters, each with its own variables, into every layer of a built TFBertMainLayer
+    above the lowest `config.adapter_drop` layers."""
+    check_adapter_drop(config.adapter_drop, len(bert.encoder.layer))
     hidden_size = bert.config.hidden_size
     adapters = []
     for i, layer in enumerate(bert.encoder.layer):
+        if i < config.adapter_drop:
+            continue
         if config.placement == "houlsby":
             adapter = Adapter(hidden_size, config, name=f"adapter_{i}_attention")
             layer.attention.dense_output = AdaptedSublayerOutput(layer.attention.dense_output, adapter,
@@ -136,19 +154,20 @@ def add_adapters(bert: keras.layers.Layer, config: AdapterConfig) -> List[Adapte
     return adapters
 
 
-def freeze_backbone(bert: keras.layers.Layer, train_layer_norms: bool) -> None:
-    """Freezes every pretrained weight of a TFBertMainLayer except (optionally) the encoder's LayerNorms.
+def freeze_backbone(bert: keras.layers.Layer, train_layer_norms: bool, adapter_drop: int = 0) -> None:
+    """Freezes every pretrained weight of a TFBertMainLayer except (optionally) the encoder's LayerNorms above
+    the lowest `adapter_drop` layers.
 
     Keras hides the weights of a non-trainable layer's children, so freezing happens leaf by leaf:
     embeddings, and in each layer the attention, the dense projections and the intermediate block.
     Adapters are separate layers and stay trainable.
     """
     bert.embeddings.trainable = False
-    for layer in bert.encoder.layer:
+    for i, layer in enumerate(bert.encoder.layer):
         layer.attention.self_attention.trainable = False
         layer.intermediate.trainable = False
         for output in (layer.attention.dense_output, layer.bert_output):
             sublayer = output.sublayer if isinstance(output, AdaptedSublayerOutput) else output  # Pfeiffer: attention unwrapped
             sublayer.dense.trainable = False
-            sublayer.LayerNorm.trainable = train_layer_norms
+            sublayer.LayerNorm.trainable = train_layer_norms and i >= adapter_drop
     bert.pooler.trainable = False

@@ -14,7 +14,9 @@ from modules.backbone import DEFAULT_MODEL
 from modules.glue import get_task
 
 DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
-PRECISIONS = ("float32", "mixed_bfloat16")  # TrainingConfig.precision: Keras mixed-precision policies
+# TrainingConfig.precision: Keras mixed-precision policies, or "auto" (trainer.resolve_precision: mixed_bfloat16
+# on CPUs with native bfloat16 arithmetic, float32 elsewhere).
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,11 @@ class TrainingConfig:
     weight_decay: float = 0.01
     seed: int = 42
     bucketing: bool = True
+    # AdapterDrop: no adapters (and frozen layer norms) in the lowest K layers, which then run forward only.
+    adapter_drop: int = 0
+    # With adapter_drop > 0: compute the frozen prefix's output for each training example once (float16, in
+    # memory) and train the layers above it on that every epoch (modules/prefix_cache.py).
+    prefix_cache: bool = True
     # Training arithmetic. "mixed_bfloat16": float32 weights, bfloat16 matmuls; about 1.3x fewer CPU seconds a
     # step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without. The exported model always
     # computes in float32.
@@ -71,7 +78,9 @@ class TrainingConfig:
             raise ValueError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}.")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
-        self.adapter_config()  # validates bottleneck size, non-linearity and placement
+        self.adapter_config()  # validates bottleneck size, non-linearity, placement and adapter_drop
+        if self.full_finetune and self.adapter_drop:
+            raise ValueError("--adapter_drop leaves adapters out of layers: it cannot be combined with --full_finetune.")
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(
@@ -80,6 +89,7 @@ class TrainingConfig:
             placement=self.placement,
             train_layer_norms=self.train_layer_norms,
             original_ln_before=self.original_ln_before,
+            adapter_drop=self.adapter_drop,
         )
 
     def to_dict(self) -> Dict[str, Any]:

@@ -24,6 +24,9 @@ from modules import backbone as backbone_lib
 from modules.adapters import AdapterConfig, add_adapters, freeze_backbone
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# With AdapterDrop, the model also takes the frozen prefix's output instead of the token ids: {PREFIX_OUTPUT:
+# [batch, length, hidden] (any float dtype), "attention_mask": [batch, length]} (modules.prefix_cache).
+PREFIX_OUTPUT = "prefix_hidden_states"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_weights.npz"
 
@@ -34,6 +37,11 @@ class AdapterBertClassifier(keras.Model):
     With `full_finetune` no adapters are inserted and every weight trains: the reference that adapters
     are compared against. Otherwise the trainable set is: adapters, encoder LayerNorms (if
     `adapter_config.train_layer_norms`) and the head.
+
+    With `adapter_config.adapter_drop` K > 0 (AdapterDrop) the embeddings and the lowest K layers are frozen
+    entirely: `frozen_prefix` runs them in inference mode (no dropout) and stops the gradient at their output,
+    so training neither back-propagates through them nor keeps their activations. Dropout stays on in the
+    layers above. K = 0 runs HF's TFBertMainLayer unchanged.
     """
 
     def __init__(
@@ -49,9 +57,11 @@ class AdapterBertClassifier(keras.Model):
         self.num_labels = num_labels
         self.adapter_config = adapter_config
         self.full_finetune = full_finetune
+        if full_finetune and adapter_config.adapter_drop:
+            raise ValueError("--adapter_drop leaves adapters out of layers: it cannot be combined with --full_finetune.")
         self.adapters = [] if full_finetune else add_adapters(self.bert, adapter_config)
         if not full_finetune:
-            freeze_backbone(self.bert, adapter_config.train_layer_norms)
+            freeze_backbone(self.bert, adapter_config.train_layer_norms, adapter_config.adapter_drop)
             self.bert.pooler.trainable = True  # part of the task head
         self.dropout = keras.layers.Dropout(self.bert.config.hidden_dropout_prob)
         self.classifier = keras.layers.Dense(
@@ -64,6 +74,9 @@ class AdapterBertClassifier(keras.Model):
         self.backbone_fingerprint = backbone_lib.weights_fingerprint(self.frozen_variables())
 
     def call(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        if self.adapter_config.adapter_drop:
+            hidden_states = inputs[PREFIX_OUTPUT] if PREFIX_OUTPUT in inputs else self.frozen_prefix(inputs)
+            return self.above_prefix(hidden_states, inputs["attention_mask"], training=training)
         outputs = self.bert(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
@@ -72,10 +85,38 @@ class AdapterBertClassifier(keras.Model):
         )
         return self.classifier(self.dropout(outputs.pooler_output, training=training))
 
+    def frozen_prefix(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+        """The output of the embeddings and the lowest `adapter_drop` layers: inference mode, no gradient."""
+        hidden_states = self.bert.embeddings(
+            input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"], training=False
+        )
+        layers = self.bert.encoder.layer[: self.adapter_config.adapter_drop]
+        return tf.stop_gradient(_run_layers(layers, hidden_states, inputs["attention_mask"], training=False))
+
+    def above_prefix(self, hidden_states: tf.Tensor, attention_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The logits from the frozen prefix's output: the layers above it, the pooler and the classifier."""
+        hidden_states = tf.cast(hidden_states, self.bert.embeddings.compute_dtype)
+        layers = self.bert.encoder.layer[self.adapter_config.adapter_drop:]
+        hidden_states = _run_layers(layers, hidden_states, attention_mask, training=training)
+        pooled = self.bert.pooler(hidden_states=hidden_states)
+        return self.classifier(self.dropout(pooled, training=training))
+
     def frozen_variables(self) -> List[tf.Variable]:
         """The pretrained weights that training never changes (empty for full fine-tuning)."""
         trainable = {id(v) for v in self.trainable_variables}
         return [v for v in self.bert.variables if id(v) not in trainable]
+
+
+def _run_layers(layers: List[keras.layers.Layer], hidden_states: tf.Tensor, attention_mask: tf.Tensor,
+                training: bool) -> tf.Tensor:
+    """BERT encoder layers as TFBertMainLayer runs them: padding masked out with an additive -10000 bias."""
+    mask = tf.cast(attention_mask[:, tf.newaxis, tf.newaxis, :], hidden_states.dtype)
+    bias = (tf.constant(1.0, hidden_states.dtype) - mask) * tf.constant(-10000.0, hidden_states.dtype)
+    for layer in layers:
+        hidden_states = layer(hidden_states=hidden_states, attention_mask=bias, head_mask=None, encoder_hidden_states=None,
+                              encoder_attention_mask=None, past_key_value=None, output_attentions=False,
+                              training=training)[0]
+    return hidden_states
 
 
 def dummy_inputs(batch_size: int = 2, seq_length: int = 8) -> Dict[str, tf.Tensor]:

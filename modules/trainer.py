@@ -42,6 +42,7 @@ from modules.adapters import AdapterConfig
 from modules.model import INPUT_NAMES, AdapterBertClassifier, load_adapter_weights, read_adapter_config, save_adapter_weights
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
 from modules.config import TrainingConfig
+from modules.prefix_cache import EXAMPLE_INDEX, PrefixCache, build_prefix_cache
 
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
 TEXT_SIGNATURE = "predict_text"
@@ -97,9 +98,16 @@ def make_dataset(
     max_seq_length: int,
     shuffle_seed: Optional[int],
     bucketing: bool,
+    prefix_cache: Optional[PrefixCache] = None,
 ) -> tf.data.Dataset:
-    """(features, label) batches; with `bucketing`, examples of similar length share a batch cut to its longest."""
+    """(features, label) batches; with `bucketing`, examples of similar length share a batch cut to its longest.
+
+    With `prefix_cache` (built from the same files) the features are the cached frozen prefix's output of the
+    batch's examples instead of their token ids; shuffling and batching are the same.
+    """
     dataset = _read_transformed(file_patterns, feature_spec)
+    if prefix_cache is not None:
+        dataset = dataset.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i})
     if shuffle_seed is not None:
         dataset = dataset.shuffle(20_000, seed=shuffle_seed, reshuffle_each_iteration=True)
     if bucketing:
@@ -114,6 +122,8 @@ def make_dataset(
 
     def split(features: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
         inputs = model_inputs(features) if bucketing else {name: features[name] for name in INPUT_NAMES}
+        if prefix_cache is not None:
+            inputs = prefix_cache.inputs(features[EXAMPLE_INDEX], inputs["attention_mask"])
         return inputs, features[FEATURE_LABEL]
 
     # Under a multi-worker strategy every worker reads all files in the same order and keeps its own part of
@@ -284,11 +294,35 @@ def warm_start_directory(config: TrainingConfig) -> str:
     return directory
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 arithmetic
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU does bfloat16 arithmetic natively (AVX512_BF16 or AMX); False if cpuinfo is unreadable."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras policy of TrainingConfig.precision: "auto" is mixed_bfloat16 on CPUs with native bfloat16
+    (where it is faster) and float32 elsewhere (where bfloat16 is emulated and slower)."""
+    if precision != "auto":
+        return precision
+    resolved = "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
+    logging.info("--precision auto: %s (CPU flags %s %s)", resolved, "/".join(BF16_CPU_FLAGS),
+                 "present" if resolved != "float32" else "absent")
+    return resolved
+
+
 def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None) -> AdapterBertClassifier:
     """The model in `precision` (default config.precision), with config.warm_start's weights if given: a Keras
     policy fixes each layer's compute dtype when the layer is created, so it is set around the construction only."""
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(precision or config.precision)
+    keras.mixed_precision.set_global_policy(resolve_precision(precision or config.precision))
     try:
         bert = backbone_lib.load_backbone(config.model)
         backbone_lib.check_max_seq_length(config.max_seq_length, bert.config)
@@ -303,7 +337,7 @@ def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str]
 def float32_copy(model: AdapterBertClassifier, config: TrainingConfig, task: GlueTask) -> AdapterBertClassifier:
     """`model` itself if it computes in float32, else the same weights in a float32 model (what is exported:
     exact predictions, and fast on CPUs without bfloat16 arithmetic)."""
-    if config.precision == "float32":
+    if model.compute_dtype == "float32":
         return model
     copy = build_model(config, task, precision="float32")
     copy.set_weights(model.get_weights())
@@ -347,6 +381,8 @@ def train(
     with strategy.scope():  # variables are created mirrored (and initialised alike) on every worker
         model = build_model(config, task)
         compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
+    if config.adapter_drop and config.prefix_cache:
+        train_data = _with_prefix_cache(model, config, train_files, feature_spec, strategy, train_data)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     total = trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
     logging.info("training %s on %d examples (%d steps/epoch, %d epochs): %d of %d parameters trainable (%.2f%%)",
@@ -362,6 +398,23 @@ def train(
         if not chief:
             shutil.rmtree(progress_dir, ignore_errors=True)
     return model, progress.history
+
+
+def _with_prefix_cache(model: AdapterBertClassifier, config: TrainingConfig, train_files: List[str], feature_spec: Dict,
+                       strategy: tf.distribute.Strategy, train_data: tf.data.Dataset) -> tf.data.Dataset:
+    """The training batches on the cached frozen prefix (modules/prefix_cache.py), or `train_data` if no cache."""
+    if strategy.num_replicas_in_sync > 1:
+        logging.warning("training without the prefix cache: it is built for one replica, this strategy has %d",
+                        strategy.num_replicas_in_sync)
+        return train_data
+    boundaries = [b for b in BUCKET_BOUNDARIES if b < config.max_seq_length]
+    cache = build_prefix_cache(model, _read_transformed(train_files, feature_spec), config.batch_size, boundaries)
+    if cache is None:
+        return train_data
+    cached = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
+                          shuffle_seed=config.seed, bucketing=config.bucketing, prefix_cache=cache)
+    steps_per_epoch = _count(cached)  # iterated once like train_data, so both reshuffle alike in every epoch
+    return cached.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
 
 
 class ServingModule(tf.Module):

@@ -34,12 +34,13 @@ if STDERR_FILTER:
 from absl import logging
 
 from modules import backbone as backbone_lib
+from modules.adapters import check_adapter_drop
 from modules.config import TrainingConfig
 from pipeline import configs
 
 PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
 TRAINING_FLAGS = {
-    "bottleneck_size": int, "batch_size": int, "epochs": int, "max_seq_length": int, "seed": int,
+    "bottleneck_size": int, "adapter_drop": int, "batch_size": int, "epochs": int, "max_seq_length": int, "seed": int,
     "learning_rate": float, "warmup_ratio": float, "weight_decay": float,
     "non_linearity": str, "placement": str, "precision": str,
 }
@@ -81,6 +82,8 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                              "`python -m pipeline.adapterhub import`'s output); the adapter flags must match them; "
                              "--epochs 0 exports, evaluates and pushes them unchanged")
     parser.add_argument("--no_bucketing", action="store_true", help="pad every batch to --max_seq_length")
+    parser.add_argument("--no_prefix_cache", action="store_true",
+                        help="with --adapter_drop K > 0: run the frozen lowest K layers every step instead of once per example")
     parser.add_argument("--min_eval_value", type=float, default=0.0,
                         help="bless only if the task's main metric reaches this (can only raise the constant-predictor floor)")
     parser.add_argument("--constant_margin", type=float, default=configs.DEFAULT_CONSTANT_MARGIN,
@@ -123,7 +126,7 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> Tr
     """
     config = TrainingConfig(
         task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
-        bucketing=not args.no_bucketing, original_ln_before=args.original_ln_before,
+        bucketing=not args.no_bucketing, prefix_cache=not args.no_prefix_cache, original_ln_before=args.original_ln_before,
         warm_start=args.warm_start if "://" in args.warm_start or not args.warm_start else os.path.abspath(args.warm_start),
         **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
     )
@@ -137,6 +140,7 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> Tr
     bert_config = backbone_lib.load_config(model_dir)
     backbone_lib.tokenizer_settings(model_dir)
     backbone_lib.check_max_seq_length(config.max_seq_length, bert_config)
+    check_adapter_drop(config.adapter_drop, bert_config.num_hidden_layers)
     return config
 
 
