@@ -169,6 +169,9 @@ def hub_adapter_config(adapter: AdapterConfig, hidden_size: int, name: str, mode
     """The adapter_config.json AdapterHub reads back as exactly `adapter` (refuses what it cannot express)."""
     if adapter.non_linearity not in NON_LINEARITY_TO_HUB:
         raise AdapterHubError(f"non_linearity {adapter.non_linearity!r} has no AdapterHub name.")
+    if adapter.adapter_drop:
+        raise AdapterHubError(f"adapter_drop {adapter.adapter_drop}: exporting AdapterDrop adapters (AdapterHub's "
+                              "leave_out) is not implemented; export adapters trained with --adapter_drop 0.")
     factor = reduction_factor(hidden_size, adapter.bottleneck_size)
     config = dict(_BN_CONFIG_DEFAULTS)
     config.update(mh_adapter=adapter.placement == "houlsby", output_adapter=True,

@@ -84,7 +84,7 @@ def test_imported_settings_are_adapterhubs(imported) -> None:
             configs[name] = json.load(f)
     assert configs["houlsby_mrpc"]["adapter"] == {
         "bottleneck_size": 8, "non_linearity": "gelu", "placement": "houlsby", "original_ln_before": False,
-        "train_layer_norms": False, "init_std": 1e-3}  # reduction_factor 2 of hidden 16
+        "train_layer_norms": False, "init_std": 1e-3, "adapter_drop": 0}  # reduction_factor 2 of hidden 16
     mnli = configs["pfeiffer_mnli"]["adapter"]
     assert (mnli["placement"], mnli["original_ln_before"], mnli["non_linearity"], mnli["bottleneck_size"]) == \
         ("pfeiffer", True, "relu", 4)
