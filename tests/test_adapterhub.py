@@ -343,3 +343,18 @@ def test_adapter_configs_written_before_original_ln_before_existed_still_load(im
     with open(path, "w") as f:
         json.dump(config, f)
     assert load_model(old).adapter_config.original_ln_before is False
+
+
+def test_the_cli_imports_exports_and_refuses_with_the_reason(tmp_path, capsys) -> None:
+    from pipeline.adapterhub import main
+
+    main(["import", os.path.join(FIXTURES, "pfeiffer_mnli"), str(tmp_path / "ours"), "--task", "mnli", "--model", BERT,
+          "--max_seq_length", "64"])
+    assert "--placement pfeiffer --original_ln_before --freeze_layer_norms --warm_start" in capsys.readouterr().out
+    main(["export", "--adapters", str(tmp_path / "ours"), str(tmp_path / "hub")])
+    assert sorted(os.listdir(tmp_path / "hub")) == ["adapter.safetensors", "adapter_config.json", "head_config.json",
+                                                    "model_head.safetensors"]
+    with pytest.raises(SystemExit, match="error: .*head num_labels=3, expected 2"):
+        main(["import", os.path.join(FIXTURES, "pfeiffer_mnli"), str(tmp_path / "refused"), "--task", "mrpc",
+              "--model", BERT])
+    assert not (tmp_path / "refused").exists()
