@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from modules.adapters import AdapterConfig
 from modules.backbone import DEFAULT_MODEL
-from modules.glue import get_task
+from modules.glue import GlueTask, task_from_config
 
 PIPELINE_NAME = "adapter-bert-glue"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +27,9 @@ class TrainingConfig:
     """What the Transform and Trainer stages need; validated on construction, before any work starts."""
 
     task: str = "mrpc"
+    # The task description (GlueTask.to_spec()) every stage reads; None: the GLUE task named `task`. Always
+    # filled in after construction, so the description travels with the config to every stage and pod.
+    task_spec: Optional[Dict[str, Any]] = None
     model: str = DEFAULT_MODEL
     bottleneck_size: int = 64
     non_linearity: str = "gelu"
@@ -50,7 +53,9 @@ class TrainingConfig:
     distribution: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task", get_task(self.task).name)
+        task = task_from_config({"task": self.task, "task_spec": self.task_spec})
+        object.__setattr__(self, "task", task.name)
+        object.__setattr__(self, "task_spec", task.to_spec())
         for flag in ("batch_size", "epochs", "max_seq_length"):
             value = getattr(self, flag)
             if not isinstance(value, int) or value <= 0:
@@ -68,6 +73,10 @@ class TrainingConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         self.adapter_config()  # validates bottleneck size, non-linearity and placement
+
+    def task_description(self) -> GlueTask:
+        """The task this config trains on, from its serialized spec (no spec file or GLUE table needed)."""
+        return task_from_config({"task_spec": self.task_spec})
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(

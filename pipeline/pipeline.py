@@ -15,7 +15,7 @@ from components.data_gate import DataGate
 from components.glue_example_gen.component import GlueExampleGen
 from components.glue_schema_gen import GlueSchemaGen
 from components.pusher import AtomicPusher
-from modules.glue import get_task
+from modules.glue import canonical_name
 from modules.metrics import evaluator_configs
 from pipeline.configs import TrainingConfig
 
@@ -24,8 +24,10 @@ RUN_FN = "modules.trainer.run_fn"
 
 
 def pipeline_name_for(task: str, prefix: str) -> str:
-    """One pipeline (and ML Metadata context) per task, so a task's baseline is always its own last blessed model."""
-    return f"{prefix}-{get_task(task).name}"
+    """One pipeline (and ML Metadata context) per task, so a task's baseline is always its own last blessed model.
+
+    `task`: a task's name (GLUE names in any spelling: "SST-2" is sst2)."""
+    return f"{prefix}-{canonical_name(task)}"
 
 
 def create_pipeline(
@@ -41,21 +43,22 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
-    """Builds the TFX pipeline for one GLUE task.
+    """Builds the TFX pipeline for one task (config.task_spec: a GLUE task or a user's task spec).
 
     Args:
-      min_eval_value: the main GLUE metric (GlueTask.metrics[0]) must reach this on eval to be blessed.
+      data_dir: where the task's relative file paths start (GLUE: the folder holding MRPC/, RTE/, ...).
+      min_eval_value: the task's main metric (GlueTask.metrics[0]) must reach this on eval to be blessed.
       max_regression: a model more than this below the latest blessed model's main metric is not blessed.
       compare_with_baseline: False drops the latest-blessed-model Resolver and the change threshold (blessing
         then rests on min_eval_value alone): open-source Kubeflow Pipelines 2.x cannot run TFX resolver tasks.
     """
-    task = get_task(config.task)
-    example_gen = GlueExampleGen(data_dir=data_dir, task=task.name)
+    task = config.task_description()
+    example_gen = GlueExampleGen(data_dir=data_dir, task=task)
     labeled_splits = ["train", *task.eval_splits]
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"], exclude_splits=list(task.test_splits)
     )
-    schema_gen = GlueSchemaGen(task=task.name)
+    schema_gen = GlueSchemaGen(task_spec=task.to_json())
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )

@@ -1,6 +1,7 @@
 """Runs the pipeline locally: LocalDagRunner, Beam DirectRunner, SQLite ML Metadata.
 
     python -m pipeline.run --task mrpc --epochs 3 [-- <Beam arguments, e.g. --direct_num_workers=2>]
+    python -m pipeline.run --task_spec path/to/task.yaml [...]     (your own dataset; README.md)
 
 Takes the original training script's flags (--casing, --bottleneck_size, --non_linearity, --task,
 --batch_size, --epochs, --max_seq_length, --learning_rate, --warmup_ratio, --saved_models_dir); every
@@ -24,6 +25,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # google-cloud's Pyth
 from absl import logging
 
 from modules import backbone as backbone_lib
+from modules import glue
 from pipeline import configs
 
 PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
@@ -45,7 +47,9 @@ def split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every runner shares (this one, kubeflow.runner): task, backbone, training, blessing, caching."""
     defaults = configs.TrainingConfig()
-    parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
+    task = parser.add_mutually_exclusive_group()
+    task.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
+    task.add_argument("--task_spec", help="YAML (or JSON) task spec file describing your own dataset, instead of --task")
     parser.add_argument("--model", "--casing", dest="model", default=defaults.model,
                         help="backbone: 'minilm' (offline default), a local HF model dir, or a hub name like bert-base-uncased")
     for flag, kind in TRAINING_FLAGS.items():
@@ -68,7 +72,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pipeline_flags(parser)
-    parser.add_argument("--data_dir", default=configs.DEFAULT_DATA_DIR, help="GLUE data in the standard layout (<dir>/MRPC/train.tsv ...)")
+    parser.add_argument("--data_dir", help="GLUE data in the standard layout (<dir>/MRPC/train.tsv ...; default "
+                        f"{configs.DEFAULT_DATA_DIR}); with --task_spec: where its relative file paths start "
+                        "(default: the spec file's directory)")
     parser.add_argument("--output_dir", default=configs.DEFAULT_OUTPUT_DIR,
                         help="default parent of --pipeline_root, --serving_dir and the metadata database")
     parser.add_argument("--pipeline_root", help="where artifacts go (default <output_dir>/pipelines/<pipeline name>)")
@@ -84,8 +90,9 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> co
 
     check_backbone=False where the backbone is resolved later, in the container (kubeflow.runner); the Trainer checks it there.
     """
+    task_spec = glue.load_task_spec(args.task_spec, args.data_dir).to_spec() if args.task_spec else None
     config = configs.TrainingConfig(
-        task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
+        task=args.task, task_spec=task_spec, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
         bucketing=not args.no_bucketing, **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
     )
     if not check_backbone:
@@ -95,6 +102,13 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> co
     backbone_lib.tokenizer_settings(model_dir)
     backbone_lib.check_max_seq_length(config.max_seq_length, bert_config)
     return config
+
+
+def data_dir(args: argparse.Namespace) -> str:
+    """--data_dir, else where the task's files are: the spec file's directory, or the GLUE default."""
+    if args.data_dir is not None:
+        return args.data_dir
+    return os.path.dirname(os.path.abspath(args.task_spec)) if args.task_spec else configs.DEFAULT_DATA_DIR
 
 
 def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_seconds: float) -> None:
@@ -145,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     metadata_path = args.metadata_path or os.path.join(args.output_dir, "metadata.sqlite")
     try:
         pipeline = create_pipeline(
-            pipeline_name=name, pipeline_root=pipeline_root, data_dir=args.data_dir, serving_dir=serving_dir,
+            pipeline_name=name, pipeline_root=pipeline_root, data_dir=data_dir(args), serving_dir=serving_dir,
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
             compare_with_baseline=not args.no_baseline, beam_pipeline_args=beam_args, enable_cache=not args.no_cache,
         )
