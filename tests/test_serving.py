@@ -171,7 +171,7 @@ def test_pushed_layout_and_signatures(pushed):
     assert {"saved_model.pb", "variables", "assets"} <= set(os.listdir(version_dir))
     signature = pushed["loaded"].signatures["predict_text"]
     assert sorted(signature.structured_input_signature[1]) == ["sentence1", "sentence2"]
-    assert sorted(signature.structured_outputs) == ["label", "probabilities"]
+    assert sorted(signature.structured_outputs) == ["label", "label_name", "probabilities"]
     assert sorted(pushed["loaded"].signatures["serving_default"].structured_input_signature[1]) == ["examples"]
 
 

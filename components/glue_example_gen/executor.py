@@ -22,7 +22,7 @@ no artifact for a failed execution.
     (JSON Lines have no header: a record without a needed field is a malformed row.)
   - invalid UTF-8: fail; a wrong encoding affects a whole file, skipping rows would hide it.
   - unknown label, score that is not a finite number, "index"/"id" that is not an integer: fail;
-    they mean the file does not match the task table, and skipping would bias the labels.
+    they mean the file does not match the task description, and skipping would bias the labels.
   - malformed row: wrong number of columns, or an empty (blank) sentence, which is what a stray tab
     or line break inside a sentence produces; in JSON Lines also a line that is not a JSON object, a
     missing field or a text that is not a string. Skipped with a warning naming file:line, but only
@@ -58,7 +58,7 @@ from modules.glue import (
     label_text,
 )
 
-# Key of the task name in the Struct packed into the component's custom_config.
+# Key of the task description (JSON, GlueTask.to_json) in the Struct packed into the component's custom_config.
 TASK_KEY = "task"
 
 # Largest share of a file's rows that may be skipped as malformed (0.1%).
