@@ -268,3 +268,20 @@ def test_kubeflow_pods_get_the_task_from_the_compiled_spec(tmp_path):
     assert str(tmp_path) not in json.dumps(job)
     with pytest.raises(SystemExit, match="intents/train.jsonl must be URIs the pods can reach"):
         runner.main(base + ["--output", str(tmp_path / "p.json")])
+
+
+def test_readme_shows_the_example_spec_as_it_is():
+    with open(EXAMPLE_SPEC) as spec, open(os.path.join(REPO_ROOT, "README.md")) as readme:
+        assert spec.read() in readme.read()
+
+
+def test_the_client_reads_label_names_from_the_model_or_the_task(tmp_path):
+    from pipeline import predict
+
+    path = write_spec(tmp_path, INTENTS)
+    task = glue.load_task_spec(path)
+    outputs = {"probabilities": [[0.1, 0.2, 0.3, 0.4]], "label": [3], "label_name": [b"4"]}
+    assert predict.predictions_from_outputs(task, outputs)[0].label == "4"
+    del outputs["label_name"]  # a model exported before label_name existed: the task's label values
+    assert predict.predictions_from_outputs(task, outputs)[0].label == "4"
+    assert predict.parse_args(["--model_name", "m", "--task_spec", path, "--sentence1", "hi"]).task_spec == path
