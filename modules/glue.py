@@ -328,9 +328,10 @@ TASKS: Dict[str, GlueTask] = {
 
 
 def canonical_name(name: str) -> str:
-    """A GLUE task's name in any spelling as the table has it ("SST-2" -> "sst2"); other names as given."""
+    """A task's name as stored: GLUE names in any spelling ("SST-2" -> "sst2"), others in lower case (spec names
+    are lower-case)."""
     key = name.lower().replace("-", "")
-    return key if key in TASKS else name
+    return key if key in TASKS else name.lower()
 
 
 def get_task(name: str) -> GlueTask:
