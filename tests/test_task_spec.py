@@ -285,3 +285,20 @@ def test_the_client_reads_label_names_from_the_model_or_the_task(tmp_path):
     del outputs["label_name"]  # a model exported before label_name existed: the task's label values
     assert predict.predictions_from_outputs(task, outputs)[0].label == "4"
     assert predict.parse_args(["--model_name", "m", "--task_spec", path, "--sentence1", "hi"]).task_spec == path
+
+
+def test_bundle_cli_reads_the_task_name_from_a_spec(tmp_path):
+    from pipeline import bundle as cli
+
+    path = write_spec(tmp_path, {**INTENTS, "labels": "regression"})
+    with pytest.raises(SystemExit, match=re.escape(f"error: {path}: field 'metrics'")):
+        cli.main(["--task_spec", path, "--metadata_path", str(tmp_path / "none.sqlite")])
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.orchestration import metadata
+
+    database = str(tmp_path / "metadata.sqlite")
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(database))
+    store.put_context_type(metadata_store_pb2.ContextType(name="pipeline"))
+    with pytest.raises(SystemExit, match="Pipeline adapter-bert-glue-intents has never run"):
+        cli.main(["--task_spec", write_spec(tmp_path, INTENTS), "--metadata_path", database])
