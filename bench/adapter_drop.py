@@ -106,14 +106,14 @@ def mrpc_cache(common) -> Dict:
               "input_pipeline_seconds_per_epoch": read}
     sst2 = os.path.join(common.GLUE_DIR, "SST-2", "train.tsv")
     if os.path.isfile(sst2):
-        from components.glue_example_gen.executor import read_glue_tsv
+        from components.glue_example_gen.executor import read_examples
         from modules import backbone
         from modules.glue import FEATURE_TEXT_A
         from modules.preprocessing import BertPairTokenizer
 
         tokenizer = BertPairTokenizer(backbone.tokenizer_settings(backbone.resolve_model_dir("minilm")), SEQ)
         sentences = [e.features.feature[FEATURE_TEXT_A].bytes_list.value[0]
-                     for e in read_glue_tsv(sst2, get_task("sst2"), labeled=True)]
+                     for e in read_examples(sst2, get_task("sst2"), labeled=True)]
         sst2_tokens = sum(int(tokenizer(tf.constant(sentences[i:i + 4096]))["length"].numpy().sum())
                           for i in range(0, len(sentences), 4096))
         itemsize = np.dtype(CACHE_DTYPE).itemsize

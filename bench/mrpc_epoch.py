@@ -25,12 +25,12 @@ SEQ, BATCH = 128, 32
 
 def write_transformed(path: str, out_file: str) -> int:
     import tensorflow as tf
-    from components.glue_example_gen.executor import read_glue_tsv
+    from components.glue_example_gen.executor import read_examples
     from modules import backbone
     from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, get_task
     from modules.preprocessing import BertPairTokenizer
 
-    examples = list(read_glue_tsv(path, get_task("mrpc"), labeled=True))
+    examples = list(read_examples(path, get_task("mrpc"), labeled=True))
     value = lambda e, k: e.features.feature[k]  # noqa: E731
     a = tf.constant([value(e, FEATURE_TEXT_A).bytes_list.value[0] for e in examples])
     b = tf.constant([value(e, FEATURE_TEXT_B).bytes_list.value[0] for e in examples])

@@ -59,11 +59,11 @@ def pairs(n: int):
 
     path = os.path.join(common.GLUE_DIR, "MRPC", "dev.tsv")
     if os.path.isfile(path):
-        from components.glue_example_gen.executor import read_glue_tsv
+        from components.glue_example_gen.executor import read_examples
         from modules.glue import get_task
 
         rows = [(e.features.feature["sentence1"].bytes_list.value[0], e.features.feature["sentence2"].bytes_list.value[0])
-                for e in read_glue_tsv(path, get_task("mrpc"), labeled=True)]
+                for e in read_examples(path, get_task("mrpc"), labeled=True)]
         source = path
     else:
         rows = [(b"The company said its profit rose sharply in the third quarter.",

@@ -28,13 +28,13 @@ def main() -> None:
     started = common.machine_state()
     import numpy as np
     import tensorflow as tf
-    from components.glue_example_gen.executor import read_glue_tsv
+    from components.glue_example_gen.executor import read_examples
     from modules import backbone
     from modules.glue import FEATURE_TEXT_A, get_task
     from modules.preprocessing import BertPairTokenizer
 
     sentences = [e.features.feature[FEATURE_TEXT_A].bytes_list.value[0]
-                 for e in read_glue_tsv(path, get_task("sst2"), labeled=True)]
+                 for e in read_examples(path, get_task("sst2"), labeled=True)]
     sentences = (sentences * (1 + args.examples // len(sentences)))[:args.examples]
     tokenizer = BertPairTokenizer(backbone.tokenizer_settings(backbone.resolve_model_dir("minilm")), 128)
     tokenize = tf.function(lambda texts: tokenizer(texts), input_signature=[tf.TensorSpec([None], tf.string)])

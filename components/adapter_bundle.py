@@ -41,7 +41,7 @@ from modules.bundle import (
     read_task_adapters,
     save_bundle,
 )
-from modules.glue import get_task
+from modules.glue import canonical_name
 
 BUNDLE_NAME = "glue_bundle"
 MANIFEST_FILE = os.path.join("assets.extra", "bundle.json")  # TF Serving ignores assets.extra
@@ -119,15 +119,13 @@ def find_pushed_adapters(metadata_path: str, tasks: Sequence[str],
     store = _metadata_store(metadata_path)
     sources = []
     for task in tasks:
-        try:
-            name = f"{pipeline_prefix}-{get_task(task).name}"
-        except ValueError as e:
-            raise BundleError(str(e)) from e
+        name = f"{pipeline_prefix}-{canonical_name(task)}"
         try:
             sources.append(latest_pushed_model(store, name))
         except BundleError as e:
-            raise BundleError(f"Task {task}: {e} Run `python -m pipeline.run --task {task}` (blessed and pushed) "
-                              "first, or pass its adapters directory with --adapters.") from e
+            raise BundleError(f"Task {task}: {e} Run `python -m pipeline.run --task {task}` (or --task_spec FILE "
+                              "for your own dataset; blessed and pushed) first, or pass its adapters directory "
+                              "with --adapters.") from e
     return sources
 
 
@@ -151,7 +149,7 @@ def manifest(module: BundleModule, model: str, adapter_sets: Sequence[TaskAdapte
         "backbone": {"model": model, **first},
         "signatures": {
             **{name: {"inputs": ["sentence1"] + (["sentence2"] if module.tasks[name].text_b else []),
-                      "outputs": ["score"] if module.tasks[name].is_regression else ["probabilities", "label"]}
+                      "outputs": ["score"] if module.tasks[name].is_regression else ["probabilities", "label", "label_name"]}
                for name in module.task_names},
             GENERIC_SIGNATURE: {"inputs": ["task", "sentence1", "sentence2"],
                                 "outputs": ["probabilities", "label", "score", "num_labels"],

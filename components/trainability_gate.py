@@ -27,7 +27,7 @@ from tfx.components.statistics_gen import stats_artifact_utils
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
+from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
 
 Pair = Tuple[bytes, bytes]
 Statistics = statistics_pb2.DatasetFeatureStatisticsList
@@ -164,10 +164,11 @@ def read_text_pairs(examples: tfx.types.standard_artifacts.Examples, split: str)
 def TrainabilityGate(statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
                      schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
                      examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-                     task: tfx.dsl.components.Parameter[str], batch_size: tfx.dsl.components.Parameter[int],
+                     task_spec: tfx.dsl.components.Parameter[str], batch_size: tfx.dsl.components.Parameter[int],
                      min_class_share: tfx.dsl.components.Parameter[float],
                      max_pair_overlap: tfx.dsl.components.Parameter[float]) -> None:
-    glue_task = get_task(task)
+    """task_spec: the task description as JSON (GlueTask.to_json)."""
+    glue_task = GlueTask.from_json(task_spec)
     split_statistics = {split: stats_artifact_utils.load_statistics(statistics, split).proto()
                         for split in ["train", *glue_task.eval_splits]}
     problems, measured = check_data(

@@ -3,9 +3,13 @@
     python -m kubeflow.runner --image IMAGE --pipeline_root gs://BUCKET/root --data_dir gs://BUCKET/glue \\
         --serving_dir gs://BUCKET/serving --output kubeflow/adapter-bert-glue-mrpc.json [training flags] \\
         [-- <Beam arguments, e.g. --runner=DataflowRunner --project=P --region=R --temp_location=gs://BUCKET/tmp>]
+    python -m kubeflow.runner --task_spec task.yaml --data_dir gs://BUCKET/mydata ...   (your own dataset)
 
 The same create_pipeline(...) as `python -m pipeline.run`, with its training flags and checks. Nothing runs
-here and neither the GLUE files nor the backbone are read: the pods resolve them at run time, from the image.
+here and neither the data files nor the backbone are read: the pods resolve them at run time, from the image.
+A --task_spec file is read here only: the task description travels inside the compiled spec (as JSON in the
+components' properties), so the pods never need it; its relative file paths start at --data_dir, and
+without --data_dir every file it names must be a URI.
 The file written depends on --output's extension:
   .json         a PipelineJob (pipelineSpec + runtimeConfig), for Vertex AI Pipelines;
   .yaml / .yml  the PipelineSpec alone, KFP's package format (kfp.Client, the KFP UI; Vertex AI reads it too).
@@ -37,14 +41,17 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", required=True, help="container image every component runs in (built from kubeflow/Dockerfile)")
     parser.add_argument("--pipeline_root", required=True, help="where the pods write artifacts, e.g. gs://BUCKET/root")
-    parser.add_argument("--data_dir", required=True, help="GLUE data in the standard layout, e.g. gs://BUCKET/glue (<dir>/MRPC/train.tsv ...)")
+    parser.add_argument("--data_dir", help="GLUE data in the standard layout, e.g. gs://BUCKET/glue (<dir>/MRPC/train.tsv ...); "
+                        "with --task_spec: where its relative file paths start (required unless it names URIs only)")
     parser.add_argument("--serving_dir", "--saved_models_dir", dest="serving_dir", required=True,
                         help="Pusher destination: <serving_dir>/<task>/<version>/, e.g. gs://BUCKET/serving")
     parser.add_argument("--output", help="file to write, .json or .yaml (default <pipeline name>.json in the current directory)")
     run.add_pipeline_flags(parser)
     args = parser.parse_args(ours)
+    if args.data_dir is None and not args.task_spec:
+        parser.error("--data_dir is required (with --task, the GLUE data the pods read, e.g. gs://BUCKET/glue).")
     for flag in REMOTE_FLAGS:
-        if "://" not in getattr(args, flag):
+        if getattr(args, flag) is not None and "://" not in getattr(args, flag):
             parser.error(f"--{flag} {getattr(args, flag)!r} must be a URI the pods can reach (gs://, s3://, ...), "
                          "not a path on this machine.")
     if args.output and not args.output.endswith(OUTPUT_EXTENSIONS):
@@ -59,9 +66,15 @@ def compile_pipeline(args: argparse.Namespace, beam_args: List[str]) -> Tuple[st
     from pipeline.pipeline import UNCACHED_NODES, create_pipeline, pipeline_name_for
 
     config = run.training_config(args, check_backbone=False)
+    task = config.task_description()
+    data_dir = run.data_dir(args)
+    local = [task.split_path(split, data_dir) for split in task.splits if "://" not in task.split_path(split, data_dir)]
+    if local:
+        raise ValueError(f"--task_spec {args.task_spec}: {', '.join(local)} must be URIs the pods can reach (gs://, "
+                         "s3://, ...): name them so in the spec, or give relative paths and --data_dir gs://...")
     name = pipeline_name_for(config.task, configs.PIPELINE_NAME)
     pipeline = create_pipeline(
-        pipeline_name=name, pipeline_root=args.pipeline_root, data_dir=args.data_dir, serving_dir=args.serving_dir,
+        pipeline_name=name, pipeline_root=args.pipeline_root, data_dir=data_dir, serving_dir=args.serving_dir,
         config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
         compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
         beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=run.data_checks(args),

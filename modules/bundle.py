@@ -14,11 +14,11 @@ Signatures of a bundle (raw text in; the backbone's WordPiece tokenizer runs in 
 task's own max_seq_length, exactly as in that task's single-task "predict_text"):
   "<task>" (one per task, e.g. "mrpc", "sst2"):
       inputs   sentence1 [B] string, and sentence2 [B] string for sentence-pair tasks
-      outputs  as the task's single-task model: probabilities [B, num_labels] float32 and
-               label [B] int64 (classification), or score [B] float32 (regression, STS-B)
+      outputs  as the task's single-task model: probabilities [B, num_labels] float32, label [B] int64
+               and label_name [B] string (classification), or score [B] float32 (regression, STS-B)
   "predict" (also "serving_default"): any task, chosen per request or per example
       inputs   task      string, a scalar (one task for the whole batch) or [B] (one per example);
-                         GLUE names, case- and dash-insensitive ("SST-2" = "sst2"); an unknown name
+                         task names, case- and dash-insensitive ("SST-2" = "sst2"); an unknown name
                          fails the request (InvalidArgument) naming the bundle's tasks
                sentence1 [B] string
                sentence2 [B] string (ignored by single-sentence tasks: send "")
@@ -27,6 +27,7 @@ task's own max_seq_length, exactly as in that task's single-task "predict_text")
                              task's num_labels (max_labels = largest num_labels in the bundle);
                              all zeros for a regression task
                label         [B] int64: predicted class, -1 for a regression task
+               label_name    [B] string: the task's label value of that class, "" for a regression task
                score         [B] float32: the regression score, or for a classification task the
                              probability of the predicted label
                num_labels    [B] int64: how many columns of probabilities belong to the task
@@ -52,7 +53,7 @@ import transformers
 from modules import backbone as backbone_lib
 from modules.adapters import AdapterConfig
 from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
-from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE
+from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE
 from modules.model import (
     ADAPTER_WEIGHTS_FILE,
     INPUT_NAMES,
@@ -110,13 +111,13 @@ def read_task_adapters(path: str) -> TaskAdapters:
     missing = [key for key in ("task", "max_seq_length", "num_labels", "adapter", "backbone") if key not in config]
     if missing:
         raise BundleError(f"{directory}/adapter_config.json lacks {missing}: not written by the Trainer of this project.")
-    try:
-        task = get_task(config["task"])
+    try:  # the task description the Trainer saved; adapters of GLUE tasks saved before it existed name the task
+        task = GlueTask.from_spec(config["task_spec"]) if "task_spec" in config else get_task(config["task"])
         AdapterConfig(**config["adapter"])
     except (ValueError, TypeError) as e:
         raise BundleError(f"{directory}: {e}") from e
     if config["num_labels"] != task.num_labels:
-        raise BundleError(f"{directory}: {config['num_labels']} labels, but GLUE task {task.name} has {task.num_labels}.")
+        raise BundleError(f"{directory}: {config['num_labels']} labels, but task {task.name} has {task.num_labels}.")
     weights_file = os.path.join(directory, ADAPTER_WEIGHTS_FILE)
     if not tf.io.gfile.exists(weights_file):
         raise BundleError(f"{weights_file} is missing.")
@@ -201,11 +202,11 @@ class _Untracked:
 class BundleModule(tf.Module):
     """What a bundle SavedModel contains: the shared backbone variables, each task's variables, the signatures."""
 
-    def __init__(self, shared: SharedBackbone, models: Dict[str, AdapterBertClassifier],
+    def __init__(self, shared: SharedBackbone, models: Dict[str, AdapterBertClassifier], tasks: Dict[str, GlueTask],
                  tokenizer_settings: backbone_lib.TokenizerSettings, max_seq_lengths: Dict[str, int]):
         super().__init__(name="glue_bundle")
         self.task_names = sorted(models)
-        self.tasks = {name: get_task(name) for name in self.task_names}
+        self.tasks = {name: tasks[name] for name in self.task_names}
         self.max_labels = max(task.num_labels for task in self.tasks.values())
         # Saved objects: the backbone variables any task uses, once; then each task's own variables.
         used = {id(v) for model in models.values() for v in model.variables}
@@ -273,13 +274,14 @@ class BundleModule(tf.Module):
         batch = tf.shape(sentence1)[0]
         if task.is_regression:
             return [tf.zeros([batch, self.max_labels], tf.float32), tf.fill([batch], tf.constant(-1, tf.int64)),
-                    outputs[OUTPUT_SCORE], tf.zeros([batch], tf.int64)]
+                    tf.fill([batch], ""), outputs[OUTPUT_SCORE], tf.zeros([batch], tf.int64)]
         probabilities, label = outputs[OUTPUT_PROBABILITIES], outputs[OUTPUT_LABEL]
         return [tf.pad(probabilities, [[0, 0], [0, self.max_labels - task.num_labels]]), label,
-                tf.gather(probabilities, label, batch_dims=1), tf.fill([batch], tf.constant(task.num_labels, tf.int64))]
+                outputs[OUTPUT_LABEL_NAME], tf.gather(probabilities, label, batch_dims=1),
+                tf.fill([batch], tf.constant(task.num_labels, tf.int64))]
 
     def generic_signature(self) -> tf.types.experimental.ConcreteFunction:
-        names = tf.constant(self.task_names)
+        names = tf.constant([name.replace("-", "") for name in self.task_names])  # compared as `requested` is
 
         @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name=TASK_INPUT),
                                       tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A),
@@ -300,9 +302,9 @@ class BundleModule(tf.Module):
                 s1, s2 = tf.gather(sentence1, index), tf.gather(sentence2, index)
                 run = lambda name=name, s1=s1, s2=s2: self._generic_outputs(name, s1, s2)  # noqa: E731
                 empty = lambda: [tf.zeros([0, self.max_labels], tf.float32), tf.zeros([0], tf.int64),  # noqa: E731
-                                 tf.zeros([0], tf.float32), tf.zeros([0], tf.int64)]
+                                 tf.zeros([0], tf.string), tf.zeros([0], tf.float32), tf.zeros([0], tf.int64)]
                 parts.append(tf.cond(tf.size(index) > 0, run, empty))
-            keys = [OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_SCORE, OUTPUT_NUM_LABELS]
+            keys = [OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_SCORE, OUTPUT_NUM_LABELS]
             return {key: tf.dynamic_stitch(positions, [part[i] for part in parts]) for i, key in enumerate(keys)}
 
         return predict.get_concrete_function()
@@ -326,7 +328,8 @@ def build_bundle(model: str, adapter_sets: Sequence[TaskAdapters],
     check_combination(adapter_sets, bert_config)
     shared = SharedBackbone(bert_model if bert_model is not None else backbone_lib.load_backbone(model))
     models = {adapters.task.name: shared.task_model(adapters) for adapters in adapter_sets}
-    return BundleModule(shared, models, backbone_lib.tokenizer_settings(model_dir),
+    return BundleModule(shared, models, {adapters.task.name: adapters.task for adapters in adapter_sets},
+                        backbone_lib.tokenizer_settings(model_dir),
                         {adapters.task.name: adapters.max_seq_length for adapters in adapter_sets})
 
 

@@ -7,11 +7,11 @@ because the Trainer module reads it; the runners (`pipeline/`, `kubeflow/`) buil
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from modules.adapters import AdapterConfig
 from modules.backbone import DEFAULT_MODEL
-from modules.glue import get_task
+from modules.glue import GlueTask, task_from_config
 
 DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
 # TrainingConfig.precision: Keras mixed-precision policies, or "auto" (trainer.resolve_precision: mixed_bfloat16
@@ -24,6 +24,9 @@ class TrainingConfig:
     """What the Transform and Trainer stages need; validated on construction, before any work starts."""
 
     task: str = "mrpc"
+    # The task description (GlueTask.to_spec()) every stage reads; None: the GLUE task named `task`. Always
+    # filled in after construction, so the description travels with the config to every stage and pod.
+    task_spec: Optional[Dict[str, Any]] = None
     model: str = DEFAULT_MODEL
     bottleneck_size: int = 64
     non_linearity: str = "gelu"
@@ -56,7 +59,9 @@ class TrainingConfig:
     warm_start: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task", get_task(self.task).name)
+        task = task_from_config({"task": self.task, "task_spec": self.task_spec})
+        object.__setattr__(self, "task", task.name)
+        object.__setattr__(self, "task_spec", task.to_spec())
         for flag in ("batch_size", "epochs", "max_seq_length"):
             value = getattr(self, flag)
             if flag == "epochs" and self.warm_start and value == 0:
@@ -81,6 +86,10 @@ class TrainingConfig:
         self.adapter_config()  # validates bottleneck size, non-linearity, placement and adapter_drop
         if self.full_finetune and self.adapter_drop:
             raise ValueError("--adapter_drop leaves adapters out of layers: it cannot be combined with --full_finetune.")
+
+    def task_description(self) -> GlueTask:
+        """The task this config trains on, from its serialized spec (no spec file or GLUE table needed)."""
+        return task_from_config({"task_spec": self.task_spec})
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(

@@ -5,13 +5,14 @@ collects the (label, prediction) pairs of a slice and scores them at the end: GL
 MCC and Spearman are not averages over examples, and eval sets are small (at most ~10k rows).
 
 The model contract: the SavedModel's `serving_default` signature takes serialized tf.Examples and
-returns OUTPUT_PROBABILITIES and OUTPUT_LABEL for classification tasks, OUTPUT_SCORE for regression.
+returns OUTPUT_PROBABILITIES, OUTPUT_LABEL and OUTPUT_LABEL_NAME for classification tasks, OUTPUT_SCORE
+for regression.
 Labels come from the example feature glue.FEATURE_LABEL (TFMA reads labels from features via
 label_key and predictions from model outputs via prediction_key, so the output "label" and the
 feature "label" do not clash).
 
-Metric keys in TFMA results are the GLUE metric names of the task ("f1", "accuracy", "mcc",
-"pearson", "spearman") plus "example_count"; `overall_metrics` reads them back.
+Metric keys in TFMA results are the metric names of the task ("accuracy", "f1", "macro_f1", "mcc",
+"pearson", "spearman"; modules/glue.py) plus "example_count"; `overall_metrics` reads them back.
 
 MNLI: the TFX 1.16 Evaluator reads all of its `example_splits` into one PCollection (beam.Flatten
 in tfx/components/evaluator/executor.py), so it reports the union of the splits, not each split.
@@ -21,7 +22,7 @@ the first split ("eval", matched for MNLI) carries thresholds and so decides ble
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -33,6 +34,7 @@ from modules import glue
 # Output names of the serving_default signature (the trainer exports these).
 OUTPUT_PROBABILITIES = "probabilities"  # float32 [batch, num_labels]
 OUTPUT_LABEL = "label"  # int64 [batch], argmax of the probabilities
+OUTPUT_LABEL_NAME = "label_name"  # string [batch], the task's label value of OUTPUT_LABEL ("entailment")
 OUTPUT_SCORE = "score"  # float32 [batch], regression tasks only
 
 SIGNATURE_NAME = "serving_default"
@@ -40,7 +42,8 @@ SIGNATURE_NAME = "serving_default"
 DEFAULT_MIN_VALUE = 0.0
 DEFAULT_TOLERANCE = 0.01
 # How the summary names a metric.
-DISPLAY_NAMES = {"f1": "F1", "mcc": "MCC", "accuracy": "accuracy", "pearson": "Pearson", "spearman": "Spearman"}
+DISPLAY_NAMES = {"f1": "F1", "macro_f1": "macro-F1", "mcc": "MCC", "accuracy": "accuracy", "pearson": "Pearson",
+                 "spearman": "Spearman"}
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -66,13 +69,19 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(np.dot(dx, dy) / denominator, -1.0, 1.0))
 
 
-def _binary_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """F1 of the positive class 1; 0.0 when there is no positive label or prediction, as sklearn."""
-    true_positives = np.sum((labels == 1) & (predictions == 1))
-    false_positives = np.sum((labels != 1) & (predictions == 1))
-    false_negatives = np.sum((labels == 1) & (predictions != 1))
+def _binary_f1(labels: np.ndarray, predictions: np.ndarray, positive: int = 1) -> float:
+    """F1 of the class `positive`; 0.0 when there is no positive label or prediction, as sklearn."""
+    true_positives = np.sum((labels == positive) & (predictions == positive))
+    false_positives = np.sum((labels != positive) & (predictions == positive))
+    false_negatives = np.sum((labels == positive) & (predictions != positive))
     denominator = 2 * true_positives + false_positives + false_negatives
     return float(2 * true_positives / denominator) if denominator else 0.0
+
+
+def _macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 over the classes present in labels or predictions, as
+    sklearn.metrics.f1_score(average="macro")."""
+    return float(np.mean([_binary_f1(labels, predictions, c) for c in np.unique(np.concatenate([labels, predictions]))]))
 
 
 def _matthews(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -103,7 +112,8 @@ def glue_metrics(task: glue.GlueTask, labels: Iterable[float], predictions: Iter
         raise ValueError(f"No labeled examples to score {task.name} on.")
     compute = {
         "accuracy": lambda: float(np.mean(labels == predictions)),
-        "f1": lambda: _binary_f1(labels, predictions),
+        "f1": lambda: _binary_f1(labels, predictions, task.positive_class),
+        "macro_f1": lambda: _macro_f1(labels, predictions),
         "mcc": lambda: _matthews(labels, predictions),
         "pearson": lambda: _pearson(labels, predictions),
         "spearman": lambda: _pearson(_average_ranks(labels), _average_ranks(predictions)),
@@ -124,16 +134,17 @@ def constant_predictor_score(task: glue.GlueTask, metric: str, labels: Iterable[
 
 
 class GlueMetric(metric_types.Metric):
-    """One GLUE metric of one task (e.g. mrpc "f1"), as a TFMA metric keyed by the metric's name.
+    """One metric of one task (e.g. mrpc "f1"), as a TFMA metric keyed by the metric's name.
 
     Loaded by TFMA from MetricConfig(class_name="GlueMetric", module="modules.metrics",
-    config='{"task": ..., "metric": ...}'); see `metric_config`.
+    config='{"task": <the task spec>, "metric": ...}'); see `metric_config`. The task travels whole (its spec
+    mapping, GlueTask.to_spec), so the Evaluator needs neither the spec file nor the GLUE table.
     """
 
-    def __init__(self, task: str, metric: str, name: Optional[str] = None):
-        task_metrics = glue.get_task(task).metrics
+    def __init__(self, task: Dict[str, Any], metric: str, name: Optional[str] = None):
+        task_metrics = glue.GlueTask.from_spec(task, source="GlueMetric config").metrics
         if metric not in task_metrics:
-            raise ValueError(f"{metric!r} is not a GLUE metric of {task}: expected one of {task_metrics}.")
+            raise ValueError(f"{metric!r} is not a metric of task {task['name']}: expected one of {task_metrics}.")
         super().__init__(
             metric_util.merge_per_key_computations(_glue_metric_computations),
             task=task, metric=metric, name=name or metric,
@@ -142,7 +153,7 @@ class GlueMetric(metric_types.Metric):
 
 def _glue_metric_computations(
     name: str,
-    task: str,
+    task: Dict[str, Any],
     metric: str,
     eval_config: Optional[tfma.EvalConfig] = None,
     model_name: str = "",
@@ -152,7 +163,7 @@ def _glue_metric_computations(
     key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name)
     return [metric_types.MetricComputation(
         keys=[key], preprocessors=None,
-        combiner=_GlueMetricCombiner(key, glue.get_task(task), metric, eval_config),
+        combiner=_GlueMetricCombiner(key, glue.GlueTask.from_spec(task), metric, eval_config),
     )]
 
 
@@ -201,7 +212,7 @@ def metric_config(task: glue.GlueTask, metric: str, threshold: Optional[tfma.Met
     """The MetricConfig that makes TFMA load GlueMetric for one metric of a task."""
     config = tfma.MetricConfig(
         class_name=GlueMetric.__name__, module=GlueMetric.__module__,
-        config=json.dumps({"task": task.name, "metric": metric}),
+        config=json.dumps({"task": task.to_spec(), "metric": metric}, sort_keys=True),
     )
     if threshold is not None:
         config.threshold.CopyFrom(threshold)
@@ -214,7 +225,7 @@ def blessing_metric(config: tfma.EvalConfig) -> Tuple[tfma.MetricConfig, glue.Gl
         for metric in spec.metrics:
             if metric.class_name == GlueMetric.__name__ and metric.HasField("threshold"):
                 values = json.loads(metric.config)
-                return metric, glue.get_task(values["task"]), values["metric"]
+                return metric, glue.GlueTask.from_spec(values["task"]), values["metric"]
     raise ValueError("The eval config has no thresholded GLUE metric: nothing decides blessing.")
 
 

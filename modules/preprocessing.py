@@ -201,12 +201,13 @@ def _as_vector(feature: Union[tf.Tensor, tf.SparseTensor], default: Any) -> tf.T
 
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
-    """TFX Transform entry point. custom_config: "model" (backbone), "max_seq_length" (int), "task" (GLUE name).
+    """TFX Transform entry point. custom_config: "model" (backbone), "max_seq_length" (int), and "task_spec" (the
+    task description, GlueTask.to_spec) or "task" (a GLUE name).
 
     Uses no analyzers: the output depends on each example alone, so serving reproduces it exactly.
     """
     settings = backbone.tokenizer_settings(backbone.resolve_model_dir(custom_config.get("model", backbone.DEFAULT_MODEL)))
-    task = glue.get_task(custom_config["task"])
+    task = glue.task_from_config(custom_config)
     tokenizer = BertPairTokenizer(settings, int(custom_config["max_seq_length"]))
     text_a = _as_vector(inputs[glue.FEATURE_TEXT_A], "")
     text_b = None if task.text_b is None else _as_vector(inputs[glue.FEATURE_TEXT_B], "")

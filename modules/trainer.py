@@ -7,8 +7,8 @@ decay schedule, logs per-epoch loss, GLUE metrics and examples/s to the console 
       serving_default  serialized tf.Examples -> outputs   (TFMA Evaluator, TF Serving tf.Example clients)
       predict_text     raw sentences          -> outputs   (the Transform graph runs inside)
   <serving_model_dir>/../adapters/    the adapter-only weights and their JSON config
-Outputs are "probabilities" [batch, num_labels] and "label" [batch] for classification, "score" [batch]
-for regression.
+Outputs are "probabilities" [batch, num_labels], "label" [batch] (class id) and "label_name" [batch] (the
+task's label value, e.g. "entailment") for classification, "score" [batch] for regression.
 
 More than one machine: training runs under the tf.distribute strategy `TrainingConfig.distribution` names
 ("auto": MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster of more than one task, as Vertex AI,
@@ -36,8 +36,8 @@ from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from modules import backbone as backbone_lib
-from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
-from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
+from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
+from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
 from modules.adapters import AdapterConfig
 from modules.model import INPUT_NAMES, AdapterBertClassifier, load_adapter_weights, read_adapter_config, save_adapter_weights
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
@@ -138,10 +138,13 @@ def _count(dataset: tf.data.Dataset) -> int:
 
 
 def predict_outputs(task: GlueTask, logits: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """The model's logits as the serving outputs (probabilities and label, or a score)."""
+    """The model's logits as the serving outputs: probabilities, class id and the task's label value for that
+    id (so clients need no lookup table), or a score."""
     if task.is_regression:
         return {OUTPUT_SCORE: logits[:, 0]}
-    return {OUTPUT_PROBABILITIES: tf.nn.softmax(logits, axis=-1), OUTPUT_LABEL: tf.argmax(logits, axis=-1)}
+    label = tf.argmax(logits, axis=-1)
+    return {OUTPUT_PROBABILITIES: tf.nn.softmax(logits, axis=-1), OUTPUT_LABEL: label,
+            OUTPUT_LABEL_NAME: tf.gather(tf.constant(task.label_names), label)}
 
 
 def evaluate(model: keras.Model, task: GlueTask, dataset: tf.data.Dataset) -> Dict[str, float]:
@@ -288,7 +291,7 @@ def warm_start_directory(config: TrainingConfig) -> str:
     if theirs != ours:
         raise ValueError(f"--warm_start {config.warm_start} holds adapters made with {adapter_flags(theirs)}; this run "
                          f"has {adapter_flags(ours)}: pass the same adapter flags.")
-    num_labels = get_task(config.task).num_labels
+    num_labels = config.task_description().num_labels
     if saved["num_labels"] != num_labels:
         raise ValueError(f"--warm_start {config.warm_start} has {saved['num_labels']} outputs; task {config.task} has {num_labels}.")
     return directory
@@ -366,7 +369,7 @@ def train(
     """Builds and trains the model under `strategy` (default: the one config.distribution names); returns it
     and the per-epoch records. `batch_size` is the global batch, split among the workers of the strategy."""
     strategy = strategy or distribution_strategy(config.distribution)
-    task = get_task(config.task)
+    task = config.task_description()
     keras.utils.set_random_seed(config.seed)
     train_data = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
                               shuffle_seed=config.seed, bucketing=config.bucketing)
@@ -470,7 +473,7 @@ def run_fn(fn_args: FnArgs) -> None:
     """Entry point of the TFX Trainer component."""
     config = TrainingConfig.from_dict(fn_args.custom_config or {})
     strategy = distribution_strategy(config.distribution)  # first: before any other TensorFlow op
-    task = get_task(config.task)
+    task = config.task_description()
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     feature_spec = tf_transform_output.transformed_feature_spec()
     model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir, strategy)
@@ -479,7 +482,8 @@ def run_fn(fn_args: FnArgs) -> None:
         export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir)
         if not config.full_finetune:
             save_adapter_weights(model, adapters_dir(fn_args.serving_model_dir),
-                                 extra={"task": task.name, "model": config.model, "max_seq_length": config.max_seq_length})
+                                 extra={"task": task.name, "task_spec": task.to_spec(), "model": config.model,
+                                        "max_seq_length": config.max_seq_length})
     else:
         # Every worker takes part in saving (reading distributed variables can be a collective op); only the
         # chief's copy is kept.

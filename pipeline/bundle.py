@@ -2,15 +2,18 @@
 
     python -m pipeline.bundle --tasks mrpc,rte,sst2 [--output_dir outputs] [--serving_dir DIR]
     python -m pipeline.bundle --adapters path/to/Model/7 path/to/other/adapters [--tasks ...]
+    python -m pipeline.bundle --tasks mrpc --task_spec my/tickets.yaml
 
 --tasks: each task's latest pushed (blessed) model of pipeline adapter-bert-glue-<task>, found in ML Metadata
+(a task spec's task by its name, e.g. --tasks mrpc,tickets; --task_spec FILE names it by its spec file)
 (<output_dir>/metadata.sqlite, or --metadata_path). --adapters: explicit Trainer Model artifact directories
-or their adapters/ directories (the task is read from adapter_config.json). Both can be combined.
+or their adapters/ directories. Any combination works. The task descriptions (inputs, label names) come
+from the adapter artifacts' adapter_config.json, written by the Trainer: no spec file is read for them.
 
 Writes <serving_dir>/glue_bundle/<version>/ (default serving dir <output_dir>/serving), a new numeric
 version published atomically. Signatures: one per task ("mrpc": sentence1, sentence2 -> probabilities,
-label) and "predict" / "serving_default" (task, sentence1, sentence2 -> probabilities padded to the
-largest number of labels, label, score, num_labels); see modules/bundle.py. Adding a task = run its
+label, label_name) and "predict" / "serving_default" (task, sentence1, sentence2 -> probabilities padded to
+the largest number of labels, label, label_name, score, num_labels); see modules/bundle.py. Adding a task = run its
 pipeline, then run this again with the longer task list: the other tasks' adapters are reused as pushed.
 Refused, before anything is written: two adapter sets of one task, adapters trained on another backbone
 (other shapes or other weights), a task without a pushed model.
@@ -34,7 +37,9 @@ from pipeline import configs
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bundle", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default="", help="comma-separated GLUE tasks, each from its latest pushed model")
+    parser.add_argument("--tasks", default="", help="comma-separated task names, each from its latest pushed model")
+    parser.add_argument("--task_spec", action="append", default=[], metavar="FILE",
+                        help="a task spec file whose task to bundle, like its name in --tasks (repeatable)")
     parser.add_argument("--adapters", nargs="*", default=[], metavar="DIR",
                         help="Model artifact or adapters directories to bundle as well (task read from their config)")
     parser.add_argument("--output_dir", default=configs.DEFAULT_OUTPUT_DIR,
@@ -47,8 +52,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--pipeline_prefix", default=configs.PIPELINE_NAME,
                         help="task pipelines are named <prefix>-<task>")
     args = parser.parse_args(argv)
-    if not args.tasks and not args.adapters:
-        parser.error("give --tasks and/or --adapters")
+    if not args.tasks and not args.adapters and not args.task_spec:
+        parser.error("give --tasks, --task_spec and/or --adapters")
     return args
 
 
@@ -65,11 +70,16 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from components import adapter_bundle
     from modules.bundle import BundleError
+    from modules.glue import load_task_spec
 
     start = time.time()
     metadata_path = args.metadata_path or os.path.join(args.output_dir, "metadata.sqlite")
     serving_dir = args.serving_dir or os.path.join(args.output_dir, "serving")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        tasks += [load_task_spec(path).name for path in args.task_spec]
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     try:
         sources = adapter_bundle.find_pushed_adapters(metadata_path, tasks, args.pipeline_prefix) if tasks else []
         sources += [adapter_bundle.AdapterSource(path=path) for path in args.adapters]

@@ -21,7 +21,7 @@ from components.glue_schema_gen import GlueSchemaGen
 from components.pusher import AtomicPusher
 from components.trainability_gate import TrainabilityGate
 from modules.config import TrainingConfig
-from modules.glue import get_task
+from modules.glue import canonical_name
 from modules.metrics import evaluator_configs
 from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks
 
@@ -35,8 +35,10 @@ UNCACHED_NODES = (BLESSING_EVALUATOR,)
 
 
 def pipeline_name_for(task: str, prefix: str) -> str:
-    """One pipeline (and ML Metadata context) per task, so a task's baseline is always its own last blessed model."""
-    return f"{prefix}-{get_task(task).name}"
+    """One pipeline (and ML Metadata context) per task, so a task's baseline is always its own last blessed model.
+
+    `task`: a task's name (GLUE names in any spelling: "SST-2" is sst2)."""
+    return f"{prefix}-{canonical_name(task)}"
 
 
 def create_pipeline(
@@ -54,9 +56,10 @@ def create_pipeline(
     enable_cache: bool = True,
     data_checks: DataChecks = DataChecks(),
 ) -> tfx.dsl.Pipeline:
-    """Builds the TFX pipeline for one GLUE task.
+    """Builds the TFX pipeline for one task (config.task_spec: a GLUE task or a user's task spec).
 
     Args:
+      data_dir: where the task's relative file paths start (GLUE: the folder holding MRPC/, RTE/, ...).
       min_eval_value: the main GLUE metric (GlueTask.metrics[0]) must reach this on eval to be blessed; it can
         only raise the floor set by the constant predictor.
       max_regression: a model more than this below the served model's main metric is not blessed.
@@ -66,10 +69,10 @@ def create_pipeline(
     """
     if constant_margin < 0:
         raise ValueError(f"--constant_margin must be >= 0 (it can only raise the floor), got {constant_margin}.")
-    task = get_task(config.task)
-    example_gen = GlueExampleGen(data_dir=data_dir, task=task.name)
+    task = config.task_description()
+    example_gen = GlueExampleGen(data_dir=data_dir, task=task)
     labeled_splits = ["train", *task.eval_splits]
-    schema_gen = GlueSchemaGen(task=task.name, max_label_skew=data_checks.max_label_skew(task))
+    schema_gen = GlueSchemaGen(task_spec=task.to_json(), max_label_skew=data_checks.max_label_skew(task))
     statistics_gen = tfx.components.StatisticsGen(  # the schema makes the label categorical: class counts
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         exclude_splits=list(task.test_splits),
@@ -80,7 +83,7 @@ def create_pipeline(
     data_gate = DataGate(anomalies=example_validator.outputs["anomalies"])
     trainability_gate = TrainabilityGate(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
-        examples=example_gen.outputs["examples"], task=task.name, batch_size=config.batch_size,
+        examples=example_gen.outputs["examples"], task_spec=task.to_json(), batch_size=config.batch_size,
         min_class_share=data_checks.min_class_share, max_pair_overlap=data_checks.max_pair_overlap,
     )
     trainability_gate.add_upstream_node(data_gate)  # its checks assume data that matches the schema

@@ -1,13 +1,16 @@
-"""Client of the pushed model under TensorFlow Serving: raw sentences in, GLUE labels (or STS-B scores) out.
+"""Client of the pushed model under TensorFlow Serving: raw sentences in, labels (or regression scores) out.
 
     python -m pipeline.predict --model_name mrpc --task mrpc --sentence1 "The cat sat." --sentence2 "A cat sat."
     python -m pipeline.predict --grpc --server localhost:8500 --model_name mrpc --task mrpc --tsv MRPC/dev.tsv
     python -m pipeline.predict --model_name glue --task sst2 --signature sst2 --sentence1 "A great film."
+    python -m pipeline.predict --model_name tickets --task_spec tickets.yaml --sentence1 "My invoice is wrong."
 
 It calls the SavedModel's raw-text signature ("predict_text" by default; a multi-task bundle's per-task
 signature with --signature <task>), whose inputs are `sentence1` [B] and, for sentence-pair tasks,
-`sentence2` [B] strings, and prints per example the label name of the task table (modules/glue.py) with
-the class probabilities, or the score for STS-B. --json prints one JSON object per example instead.
+`sentence2` [B] strings, and prints per example the label the model returns ("label_name"; the task
+description's label for the class id when a model has no such output) with the class probabilities, or
+the score of a regression task. The task (--task, or --task_spec for your own dataset) says which inputs
+to send. --json prints one JSON object per example instead.
 
 REST (default, port 8501): POST /v1/models/<name>[/versions/<v>]:predict with the columnar body
     {"signature_name": "predict_text", "inputs": {"sentence1": [...], "sentence2": [...]}}
@@ -27,11 +30,11 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
+from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task, load_task_spec
 
 DEFAULT_SIGNATURE = "predict_text"  # modules.trainer.TEXT_SIGNATURE
 # Output names of the signature (modules.metrics; repeated so that this client does not import TFMA).
-OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_SCORE = "probabilities", "label", "score"
+OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_SCORE = "probabilities", "label", "label_name", "score"
 REST_PORT, GRPC_PORT = 8501, 8500
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -43,7 +46,7 @@ class ServingError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """One example's answer: a class (id, name from the task table, probabilities) or a regression score."""
+    """One example's answer: a class (id, label value, probabilities) or a regression score."""
 
     label_id: Optional[int] = None
     label: Optional[str] = None
@@ -128,8 +131,13 @@ def predictions_from_outputs(task: GlueTask, outputs: Mapping[str, Any]) -> List
         label_ids = probabilities.argmax(axis=1)
     if len(label_ids) != len(probabilities) or not all(0 <= i < task.num_labels for i in label_ids):
         raise ServingError(f"Labels {label_ids.tolist()} do not fit {task.name}'s {task.num_labels} labels.")
-    return [Prediction(label_id=int(i), label=task.label_names[int(i)], probabilities=tuple(float(p) for p in row))
-            for i, row in zip(label_ids, probabilities)]
+    if OUTPUT_LABEL_NAME in outputs:
+        names = [n.decode("utf-8") if isinstance(n, bytes) else str(n)
+                 for n in np.asarray(outputs[OUTPUT_LABEL_NAME], dtype=object).reshape(-1)]
+    else:
+        names = [task.label_names[int(i)] for i in label_ids]
+    return [Prediction(label_id=int(i), label=name, probabilities=tuple(float(p) for p in row))
+            for i, name, row in zip(label_ids, names, probabilities)]
 
 
 def parse_rest_response(task: GlueTask, body: Mapping[str, Any]) -> List[Prediction]:
@@ -213,10 +221,10 @@ def read_tsv(path: str, task: GlueTask) -> Tuple[List[str], Optional[List[str]]]
             header, rows = rows[0], rows[1:]
             break
     else:
-        if task.header is None or len(rows[0]) != len(task.header):
+        if task.columns is None or len(rows[0]) != len(task.columns):
             raise ValueError(f"{path}: the first line names neither {task.text_a!r}/{task.text_b!r} nor "
                              f"{FEATURE_TEXT_A!r}/{FEATURE_TEXT_B!r} columns.")
-        header, (column_a, column_b) = list(task.header), candidates[0]
+        header, (column_a, column_b) = list(task.columns), candidates[0]
     a, b = header.index(column_a), header.index(column_b) if column_b else None
     short = [i + 2 for i, row in enumerate(rows) if len(row) <= max(a, b or 0)]
     if short:
@@ -240,7 +248,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.set_defaults(grpc=False)  # REST unless --grpc (store_false alone would default to True)
     parser.add_argument("--server", help=f"host:port (default localhost:{REST_PORT} for REST, localhost:{GRPC_PORT} for gRPC)")
     parser.add_argument("--model_name", required=True, help="the model's name in TF Serving (MODEL_NAME / models.config)")
-    parser.add_argument("--task", required=True, help="GLUE task: gives the inputs to send and the label names")
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--task", help="GLUE task: gives the inputs to send (one or two sentences)")
+    task.add_argument("--task_spec", help="your own dataset's task spec file (YAML or JSON), instead of --task")
     parser.add_argument("--signature", default=DEFAULT_SIGNATURE,
                         help=f"signature to call (default {DEFAULT_SIGNATURE}; a multi-task bundle's task name)")
     parser.add_argument("--model_version", type=int, help="a specific version (default: the one the server serves)")
@@ -262,7 +272,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        task = get_task(args.task)
+        task = load_task_spec(args.task_spec) if args.task_spec else get_task(args.task)
         if args.tsv:
             sentence1, sentence2 = read_tsv(args.tsv, task)
         else:

@@ -1,6 +1,7 @@
 """Runs the pipeline locally: LocalDagRunner, Beam DirectRunner, SQLite ML Metadata.
 
     python -m pipeline.run --task mrpc --epochs 3 [-- <Beam arguments, e.g. --direct_num_workers=2>]
+    python -m pipeline.run --task_spec path/to/task.yaml [...]     (your own dataset; README.md)
 
 Takes the original training script's flags (--casing, --bottleneck_size, --non_linearity, --task,
 --batch_size, --epochs, --max_seq_length, --learning_rate, --warmup_ratio, --saved_models_dir); every
@@ -34,6 +35,7 @@ if STDERR_FILTER:
 from absl import logging
 
 from modules import backbone as backbone_lib
+from modules import glue
 from modules.adapters import check_adapter_drop
 from modules.config import TrainingConfig
 from pipeline import configs
@@ -68,7 +70,9 @@ def split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every runner shares (this one, kubeflow.runner): task, backbone, training, blessing, caching."""
     defaults = TrainingConfig()
-    parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
+    task = parser.add_mutually_exclusive_group()
+    task.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)")
+    task.add_argument("--task_spec", help="YAML (or JSON) task spec file describing your own dataset, instead of --task")
     parser.add_argument("--model", "--casing", dest="model", default=defaults.model,
                         help="backbone: 'minilm' (offline default), a local HF model dir, or a hub name like bert-base-uncased")
     for flag, kind in TRAINING_FLAGS.items():
@@ -106,7 +110,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pipeline_flags(parser)
-    parser.add_argument("--data_dir", default=configs.DEFAULT_DATA_DIR, help="GLUE data in the standard layout (<dir>/MRPC/train.tsv ...)")
+    parser.add_argument("--data_dir", help="GLUE data in the standard layout (<dir>/MRPC/train.tsv ...; default "
+                        f"{configs.DEFAULT_DATA_DIR}); with --task_spec: where its relative file paths start "
+                        "(default: the spec file's directory)")
     parser.add_argument("--output_dir", default=configs.DEFAULT_OUTPUT_DIR,
                         help="default parent of --pipeline_root, --serving_dir and the metadata database")
     parser.add_argument("--pipeline_root", help="where artifacts go (default <output_dir>/pipelines/<pipeline name>)")
@@ -124,9 +130,11 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> Tr
 
     check_backbone=False where the backbone is resolved later, in the container (kubeflow.runner); the Trainer checks it there.
     """
+    task_spec = glue.load_task_spec(args.task_spec, args.data_dir).to_spec() if args.task_spec else None
     config = TrainingConfig(
-        task=args.task, model=args.model, full_finetune=args.full_finetune, train_layer_norms=not args.freeze_layer_norms,
-        bucketing=not args.no_bucketing, prefix_cache=not args.no_prefix_cache, original_ln_before=args.original_ln_before,
+        task=args.task, task_spec=task_spec, model=args.model, full_finetune=args.full_finetune,
+        train_layer_norms=not args.freeze_layer_norms, bucketing=not args.no_bucketing,
+        prefix_cache=not args.no_prefix_cache, original_ln_before=args.original_ln_before,
         warm_start=args.warm_start if "://" in args.warm_start or not args.warm_start else os.path.abspath(args.warm_start),
         **{flag: getattr(args, flag) for flag in TRAINING_FLAGS},
     )
@@ -147,6 +155,13 @@ def training_config(args: argparse.Namespace, check_backbone: bool = True) -> Tr
 def data_checks(args: argparse.Namespace) -> configs.DataChecks:
     """The validated thresholds of the checks that stop a run before training (TrainabilityGate)."""
     return configs.DataChecks(**{flag: getattr(args, flag) for flag in DATA_CHECK_FLAGS})
+
+
+def data_dir(args: argparse.Namespace) -> str:
+    """--data_dir, else where the task's files are: the spec file's directory, or the GLUE default."""
+    if args.data_dir is not None:
+        return args.data_dir
+    return os.path.dirname(os.path.abspath(args.task_spec)) if args.task_spec else configs.DEFAULT_DATA_DIR
 
 
 def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_seconds: float) -> None:
@@ -200,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     metadata_path = args.metadata_path or os.path.join(args.output_dir, "metadata.sqlite")
     try:
         pipeline = create_pipeline(
-            pipeline_name=name, pipeline_root=pipeline_root, data_dir=args.data_dir, serving_dir=serving_dir,
+            pipeline_name=name, pipeline_root=pipeline_root, data_dir=data_dir(args), serving_dir=serving_dir,
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
             compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
             beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=checks,

@@ -198,9 +198,10 @@ def test_bundle_answers_like_the_single_task_model(bundle_a, single_a):
     result, loaded, outputs = bundle_a
     assert result.tasks == ["sst2"] and os.path.basename(result.path) == result.version
     expected = as_numpy(single_a(sentence1=tf.constant(SENTENCES_A)))
-    assert set(outputs) == set(expected) == {"probabilities", "label"}
+    assert set(outputs) == set(expected) == {"probabilities", "label", "label_name"}
     np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(outputs["label"], expected["label"])
+    np.testing.assert_array_equal(outputs["label_name"], expected["label_name"])
     assert np.ptp(expected["probabilities"][:, 1]) > 100 * 1e-5  # answers differ by far more than the tolerance
 
 
@@ -245,6 +246,8 @@ def test_generic_signature_routes_each_example_to_its_task(bundle_ab):
     np.testing.assert_allclose(out["score"][is_sst2], sst2["probabilities"][is_sst2].max(axis=1), atol=1e-5)
     np.testing.assert_allclose(out["score"][~is_sst2], stsb["score"][~is_sst2], atol=1e-5)
     np.testing.assert_array_equal(out["label"][~is_sst2], -1)
+    np.testing.assert_array_equal(out["label_name"][is_sst2], sst2["label_name"][is_sst2])
+    np.testing.assert_array_equal(out["label_name"][~is_sst2], b"")
     np.testing.assert_array_equal(out["probabilities"][~is_sst2], 0.0)
     np.testing.assert_array_equal(out["num_labels"], np.where(is_sst2, 2, 0))
 
@@ -299,7 +302,7 @@ def test_cli_refuses_unknown_tasks_and_writes_nothing(setup, metadata_path, caps
     from pipeline import bundle as cli
 
     serving_dir = os.path.join(setup["root"], "cli_refused")
-    for tasks, message in (("sst2,rte", "has never run"), ("sst2,nope", "Unknown GLUE task 'nope'")):
+    for tasks, message in (("sst2,rte", "has never run"), ("sst2,nope", "Pipeline adapter-bert-glue-nope has never run")):
         with pytest.raises(SystemExit, match=message):
             cli.main(["--tasks", tasks, "--metadata_path", metadata_path, "--serving_dir", serving_dir])
     assert not os.path.exists(serving_dir)

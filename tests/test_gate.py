@@ -50,12 +50,12 @@ def save_model(path: str, wrong_every: Optional[int]) -> str:
 
 def mrpc_eval_examples(directory: str) -> standard_artifacts.Examples:
     """An Examples artifact whose 'eval' split is the real MRPC dev file, as GlueExampleGen writes it."""
-    from components.glue_example_gen.executor import read_glue_tsv
+    from components.glue_example_gen.executor import read_examples
 
     path = os.path.join(glue_dir_or_skip("MRPC"), "MRPC", "dev.tsv")
     os.makedirs(os.path.join(directory, "Split-eval"))
     with tf.io.TFRecordWriter(os.path.join(directory, "Split-eval", "data.gz"), options="GZIP") as writer:
-        for example in read_glue_tsv(path, glue.get_task("mrpc"), labeled=True):
+        for example in read_examples(path, glue.get_task("mrpc"), labeled=True):
             writer.write(example.SerializeToString())
     examples = standard_artifacts.Examples()
     examples.uri = directory
@@ -115,12 +115,12 @@ def test_constant_predictor_score_is_the_best_single_answer(task_name: str, labe
 
 @pytest.mark.parametrize("task_name, metric", sorted(REAL_FLOORS))
 def test_constant_predictor_floor_on_the_real_dev_files(task_name: str, metric: str) -> None:
-    from components.glue_example_gen.executor import read_glue_tsv
+    from components.glue_example_gen.executor import read_examples
 
     task = glue.get_task(task_name)
     path = os.path.join(glue_dir_or_skip(task.directory), task.directory, task.splits["eval"])
     labels = [(lambda f: (f.int64_list.value or f.float_list.value)[0])(e.features.feature[glue.FEATURE_LABEL])
-              for e in read_glue_tsv(path, task, labeled=True)]
+              for e in read_examples(path, task, labeled=True)]
     assert metrics.constant_predictor_score(task, metric, labels) == pytest.approx(REAL_FLOORS[task_name, metric])
 
 

@@ -245,7 +245,7 @@ def make_example(row: Row) -> tf.train.Example:
 def read_split(task_name: str, split: str, data_dir: str) -> List[tf.train.Example]:
     task = get_task(task_name)
     path = os.path.join(data_dir, task.directory, task.splits[split])
-    return list(executor.read_glue_tsv(path, task, executor.is_labeled(task, split)))
+    return list(executor.read_examples(path, task, executor.is_labeled(task, split)))
 
 
 def write_file(tmp_path, content: Union[str, bytes], name: str = "bad.tsv") -> str:
@@ -295,7 +295,7 @@ def test_reads_exact_examples(tmp_path, task_name, split):
 
 def test_crlf_line_endings_are_read_like_lf(tmp_path):
     path = write_file(tmp_path, "index\tsentence1\tsentence2\tlabel\r\n0\tA b.\tC d.\tentailment\r\n")
-    assert list(executor.read_glue_tsv(path, get_task("rte"), labeled=True)) == [make_example(("A b.", "C d.", 0, 0))]
+    assert list(executor.read_examples(path, get_task("rte"), labeled=True)) == [make_example(("A b.", "C d.", 0, 0))]
 
 
 # --- component and artifact ----------------------------------------------------------------------
@@ -379,7 +379,7 @@ def test_executor_names_a_file_removed_after_construction(tmp_path):
     os.remove(os.path.join(data_dir, "SST-2", "dev.tsv"))
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "examples")
-    with pytest.raises(ValueError, match="GLUE file not found: " + re.escape(f"{data_dir}/SST-2/dev.tsv")):
+    with pytest.raises(ValueError, match="Data file not found: " + re.escape(f"{data_dir}/SST-2/dev.tsv")):
         executor.Executor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, properties)
 
 
@@ -449,19 +449,19 @@ RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
 def test_bad_data_error_names_file_and_line(tmp_path, task_name, labeled, content, message):
     path = write_file(tmp_path, content)
     with pytest.raises(ValueError, match=re.escape(path) + message):
-        list(executor.read_glue_tsv(path, get_task(task_name), labeled))
+        list(executor.read_examples(path, get_task(task_name), labeled))
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path):
     path = write_file(tmp_path, RTE_HEADER.encode() + b"0\tA b.\tC d.\tentailment\n1\tCaf\xe9.\tC d.\tentailment\n")
     with pytest.raises(ValueError, match=re.escape(path) + ":3: invalid UTF-8 at byte 6 of the line"):
-        list(executor.read_glue_tsv(path, get_task("rte"), labeled=True))
+        list(executor.read_examples(path, get_task("rte"), labeled=True))
 
 
 def test_missing_file_names_it(tmp_path):
     path = str(tmp_path / "RTE" / "dev.tsv")
-    with pytest.raises(ValueError, match="GLUE file not found: " + re.escape(path)):
-        list(executor.read_glue_tsv(path, get_task("rte"), labeled=True))
+    with pytest.raises(ValueError, match="Data file not found: " + re.escape(path)):
+        list(executor.read_examples(path, get_task("rte"), labeled=True))
 
 
 def _rte_rows(count: int, malformed_lines: Tuple[int, ...]) -> str:
@@ -476,7 +476,7 @@ def _rte_rows(count: int, malformed_lines: Tuple[int, ...]) -> str:
 def test_rare_malformed_rows_are_skipped_and_logged(tmp_path, caplog):
     path = write_file(tmp_path, _rte_rows(1000, malformed_lines=(502,)))
     with caplog.at_level(logging.WARNING):
-        examples = list(executor.read_glue_tsv(path, get_task("rte"), labeled=True))
+        examples = list(executor.read_examples(path, get_task("rte"), labeled=True))
     assert len(examples) == 999
     assert 500 not in [e.features.feature[FEATURE_INDEX].int64_list.value[0] for e in examples]
     assert f"{path}:502: expected 4 tab-separated columns" in caplog.text
@@ -487,7 +487,7 @@ def test_more_malformed_rows_than_the_cap_fail(tmp_path):
     message = f"{path}: 2 of 1000 rows are malformed, more than the 1 (0.1%) that may be skipped."
     message += f" First ones:\n  {path}:10:"
     with pytest.raises(ValueError, match=re.escape(message)):
-        list(executor.read_glue_tsv(path, get_task("rte"), labeled=True))
+        list(executor.read_examples(path, get_task("rte"), labeled=True))
 
 
 # --- download: only the offline part (no network here) -------------------------------------------

@@ -128,8 +128,15 @@ def serve_rest(loaded, body: Dict[str, Any]) -> Dict[str, Any]:
     {"outputs": values} for a single output."""
     signature = loaded.signatures[body.get("signature_name") or "serving_default"]
     inputs = {name: tf.constant(values, tf.string) for name, values in body["inputs"].items()}
-    outputs = {name: value.numpy().tolist() for name, value in signature(**inputs).items()}
+    outputs = {name: json_values(value.numpy().tolist()) for name, value in signature(**inputs).items()}
     return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+
+
+def json_values(values: Any) -> Any:
+    """Tensor values as TF Serving's REST API writes them: strings (DT_STRING, here "label_name") as JSON text."""
+    if isinstance(values, list):
+        return [json_values(v) for v in values]
+    return values.decode("utf-8") if isinstance(values, bytes) else values
 
 
 def serve_grpc(loaded, request):
@@ -171,7 +178,7 @@ def test_pushed_layout_and_signatures(pushed):
     assert {"saved_model.pb", "variables", "assets"} <= set(os.listdir(version_dir))
     signature = pushed["loaded"].signatures["predict_text"]
     assert sorted(signature.structured_input_signature[1]) == ["sentence1", "sentence2"]
-    assert sorted(signature.structured_outputs) == ["label", "probabilities"]
+    assert sorted(signature.structured_outputs) == ["label", "label_name", "probabilities"]
     assert sorted(pushed["loaded"].signatures["serving_default"].structured_input_signature[1]) == ["examples"]
 
 

@@ -78,7 +78,7 @@ def write_schema(uri: str, task_name: str, max_label_skew: float):
     schema.uri = uri
     os.makedirs(uri, exist_ok=True)
     GlueSchemaGen.EXECUTOR_SPEC.executor_class().Do(
-        {}, {"schema": [schema]}, {"task": task_name, "max_label_skew": max_label_skew})
+        {}, {"schema": [schema]}, {"task_spec": get_task(task_name).to_json(), "max_label_skew": max_label_skew})
     return schema
 
 
@@ -99,7 +99,7 @@ def ingest(root: str, task_name: str, splits: Dict[str, List[Row]]) -> types.Sim
     from tfx.components.statistics_gen import stats_artifact_utils
     from tfx.types import artifact_utils, standard_artifacts
 
-    from components.glue_example_gen.executor import read_glue_tsv
+    from components.glue_example_gen.executor import read_examples
     from components.glue_schema_gen import glue_schema
 
     task = get_task(task_name)
@@ -114,7 +114,7 @@ def ingest(root: str, task_name: str, splits: Dict[str, List[Row]]) -> types.Sim
         artifact.split_names = artifact_utils.encode_split_names(split_names)
     for split in split_names:
         path = os.path.join(data_dir, task.directory, task.splits[split])
-        serialized = [example.SerializeToString() for example in read_glue_tsv(path, task, labeled=True)]
+        serialized = [example.SerializeToString() for example in read_examples(path, task, labeled=True)]
         os.makedirs(os.path.join(examples.uri, f"Split-{split}"))
         with tf.io.TFRecordWriter(os.path.join(examples.uri, f"Split-{split}", "data_tfrecord-00000-of-00001.gz"),
                                   options="GZIP") as writer:
@@ -137,7 +137,7 @@ def gate(inputs: types.SimpleNamespace, batch_size: int = 32, max_label_skew: Op
     defaults = DataChecks()
     TrainabilityGate.EXECUTOR_SPEC.executor_class().Do(
         {"statistics": [inputs.statistics], "schema": [schema], "examples": [inputs.examples]}, {},
-        {"task": inputs.task, "batch_size": batch_size,
+        {"task_spec": get_task(inputs.task).to_json(), "batch_size": batch_size,
          "min_class_share": thresholds.get("min_class_share", defaults.min_class_share),
          "max_pair_overlap": thresholds.get("max_pair_overlap", defaults.max_pair_overlap)})
 
@@ -270,7 +270,7 @@ def test_in_the_pipeline_everything_that_trains_or_pushes_waits_for_the_gate(tmp
 
 @pytest.mark.parametrize("task_name", sorted(TASKS))
 def test_every_real_glue_task_passes_the_default_checks(task_name: str) -> None:
-    from components.glue_example_gen.executor import read_glue_tsv
+    from components.glue_example_gen.executor import read_examples
     from components.glue_schema_gen import add_label_skew_comparator, glue_schema
     from components.trainability_gate import check_data
 
@@ -282,8 +282,8 @@ def test_every_real_glue_task_passes_the_default_checks(task_name: str) -> None:
         pytest.skip(f"{task.directory} has no {', '.join(missing)} in ../shared/glue (see its SOURCES.md)")
     checks = DataChecks()
     schema = glue_schema(task.name)
-    add_label_skew_comparator(schema, task.name, checks.max_label_skew(task))
-    examples = {split: list(read_glue_tsv(os.path.join(data_dir, name), task, labeled=True))
+    add_label_skew_comparator(schema, task, checks.max_label_skew(task))
+    examples = {split: list(read_examples(os.path.join(data_dir, name), task, labeled=True))
                 for split, name in labeled.items()}
     statistics = {split: in_memory_statistics([e.SerializeToString() for e in split_examples], schema)
                   for split, split_examples in examples.items()}

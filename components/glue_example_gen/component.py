@@ -1,7 +1,8 @@
-"""GlueExampleGen: a FileBasedExampleGen that turns one GLUE task's TSV files into a TFX Examples artifact."""
+"""GlueExampleGen: a FileBasedExampleGen that turns one task's data files (GLUE or a task spec's) into a TFX Examples artifact."""
 from __future__ import annotations
 
 import os
+from typing import Dict, List, Tuple, Union
 
 import tensorflow as tf
 from absl import logging
@@ -18,55 +19,78 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
+def input_locations(data_dir: str, task: GlueTask) -> Tuple[str, Dict[str, str]]:
+    """ExampleGen's input_base and each split's pattern under it: <data_dir> and <directory>/<file> for GLUE;
+    for a task whose files lie elsewhere (absolute paths, URIs), the deepest folder holding them all."""
+    paths = {split: task.split_path(split, data_dir) for split in task.splits}
+    base = data_dir.rstrip("/")
+    if not all(path.startswith(base + "/") for path in paths.values()):
+        common: List[str] = []
+        for parts in zip(*(path.split("/")[:-1] for path in paths.values())):
+            if len(set(parts)) > 1:
+                break
+            common.append(parts[0])
+        if not common:
+            raise ValueError(f"The files of task {task.name} ({', '.join(paths.values())}) must all be local "
+                             "or all on one file system.")
+        base = "/".join(common)
+        if base == "" or base.endswith(":/"):  # the local root "/", or "gs://" when only the scheme is shared
+            base += "/"
+    return base, {split: path[len(base):].lstrip("/") for split, path in paths.items()}
+
+
 def glue_input_config(data_dir: str, task: GlueTask) -> example_gen_pb2.Input:
-    """One input split per file of the task table, checked now so a wrong path fails at pipeline build time.
+    """One input split per file of the task, checked now so a wrong path fails at pipeline build time.
 
     Labeled splits (train, eval*) are required: a missing file is an error naming the path expected.
     Test splits are optional (many users have no test file); a missing one is left out and logged.
-    A remote data_dir (e.g. gs:// for Kubeflow) is not read now: its labeled splits are declared and the
-    executor names any missing file at run time; test splits, which no later component uses, are left out.
+    Remote files (e.g. gs:// for Kubeflow) are not read now: labeled splits are declared and the executor
+    names any missing file at run time; test splits, which no later component uses, are left out.
     """
-    if is_remote(data_dir):
+    base, patterns = input_locations(data_dir, task)
+    if is_remote(base):
         return example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name=split, pattern=f"{task.directory}/{file_name}")
-            for split, file_name in task.splits.items() if executor.is_labeled(task, split)
+            example_gen_pb2.Input.Split(name=split, pattern=pattern)
+            for split, pattern in patterns.items() if executor.is_labeled(task, split)
         ])
-    if not tf.io.gfile.isdir(data_dir):
-        raise ValueError(f"GLUE data directory not found: {data_dir}.")
-    task_dir = os.path.join(data_dir, task.directory)
-    if not tf.io.gfile.isdir(task_dir):
-        raise ValueError(
-            f"GLUE task directory not found: {task_dir} (expected the standard GLUE layout "
-            f"<data_dir>/{task.directory}/; get it with "
-            f"`python -m components.glue_example_gen.download --task {task.name} --data_dir {data_dir}`)."
-        )
+    if task.directory:
+        if not tf.io.gfile.isdir(data_dir):
+            raise ValueError(f"GLUE data directory not found: {data_dir}.")
+        task_dir = os.path.join(data_dir, task.directory)
+        if not tf.io.gfile.isdir(task_dir):
+            raise ValueError(
+                f"GLUE task directory not found: {task_dir} (expected the standard GLUE layout "
+                f"<data_dir>/{task.directory}/; get it with "
+                f"`python -m components.glue_example_gen.download --task {task.name} --data_dir {data_dir}`)."
+            )
     splits = []
-    for split, file_name in task.splits.items():
-        pattern = f"{task.directory}/{file_name}"
-        path = os.path.join(data_dir, pattern)
+    for split, pattern in patterns.items():
+        path = task.split_path(split, data_dir)
         if tf.io.gfile.exists(path):
             splits.append(example_gen_pb2.Input.Split(name=split, pattern=pattern))
         elif executor.is_labeled(task, split):
-            raise ValueError(f"GLUE {task.name} split {split!r} needs the file {path}, which does not exist.")
+            raise ValueError(f"Task {task.name} split {split!r} needs the file {path}, which does not exist.")
         else:
-            logging.info("GLUE %s: no %s, so no %r split.", task.name, path, split)
+            logging.info("Task %s: no %s, so no %r split.", task.name, path, split)
     return example_gen_pb2.Input(splits=splits)
 
 
 class GlueExampleGen(FileBasedExampleGen):
-    """Ingests one GLUE task from <data_dir>/<task directory>/ in the standard GLUE layout.
+    """Ingests one task's files: a GLUE task from <data_dir>/<task directory>/ in the standard GLUE layout, or
+    a task spec's files.
 
     Output `examples`: gzipped TFRecords of tf.train.Example in the schema of modules/glue.py, one
-    artifact split per file of the task table (train, eval, MNLI's eval_mismatched, and test splits
-    whose file exists). Rows are never re-split or hashed: GLUE's own dev set is the eval split.
+    artifact split per file of the task (train, eval, MNLI's eval_mismatched, and test splits
+    whose file exists). Rows are never re-split or hashed: the task's own eval file is the eval split.
+    The task description travels to the executor as JSON in custom_config.
     """
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-    def __init__(self, data_dir: str, task: str):
-        glue_task = get_task(task)
+    def __init__(self, data_dir: str, task: Union[str, GlueTask]):
+        glue_task = get_task(task) if isinstance(task, str) else task
         super().__init__(
-            input_base=data_dir,
+            input_base=input_locations(data_dir, glue_task)[0],
             input_config=glue_input_config(data_dir, glue_task),
             output_config=example_gen_pb2.Output(),
             custom_config=executor.make_custom_config(glue_task),
