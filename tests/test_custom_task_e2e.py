@@ -3,8 +3,10 @@ local pipeline (`pipeline.run.main --task_spec`, as the CLI runs it) with a tiny
   - "intents": 4 classes, JSON Lines, one text, string labels, macro-F1 deciding blessing;
   - "pairs": a sentence-pair task in CSV whose quoted fields hold tabs, commas, doubled quotes and line
     breaks, numeric labels, F1 of the class 1.
-One module-scoped run per dataset (64 train / 32 eval rows, 1 epoch; about 1-2 minutes each on 2 shared
-cores) that every test reads: every component completed, the Evaluator reports the spec's metrics, the model
+One module-scoped run per dataset (64 train / 32 eval rows, 10 epochs of a few steps; about 1-2 minutes
+each on 2 shared cores) that every test reads. Every text carries its own ticket number, so no eval example
+repeats a training one (the TrainabilityGate refuses leaked eval sets), and the label is learnable from a
+keyword, so the model beats the constant predictor (the release gate). every component completed, the Evaluator reports the spec's metrics, the model
 is pushed to <serving_dir>/<name>/<version>/, the examples hold the texts byte for byte, and the pushed
 model's signatures return label names with the class ids.
 """
@@ -37,11 +39,12 @@ def intents_dataset(directory: str) -> str:
     """train.jsonl / dev.jsonl of the 4-class intents task and its spec; returns the spec path."""
     rng = random.Random(0)
     names = list(INTENT_WORDS)
-    for file_name, count in (("train.jsonl", TRAIN_ROWS), ("dev.jsonl", EVAL_ROWS)):
+    for file_name, count, first_ticket in (("train.jsonl", TRAIN_ROWS, 1000), ("dev.jsonl", EVAL_ROWS, 2000)):
         with open(os.path.join(directory, file_name), "w", encoding="utf-8") as f:
             for i in range(count):
                 intent = names[i % len(names)]
-                text = f"the {rng.choice(['app', 'site', 'account'])} {rng.choice(INTENT_WORDS[intent])} today"
+                text = (f"the {rng.choice(['app', 'site', 'account'])} {rng.choice(INTENT_WORDS[intent])} today, "
+                        f"ticket {first_ticket + i}")
                 f.write(json.dumps({"id": 100 + i, "text": text, "intent": intent}) + "\n")
     spec = {"name": "intents", "format": "jsonl", "files": {"train": "train.jsonl", "eval": "dev.jsonl"},
             "text_a": "text", "label": "intent", "labels": names, "metrics": ["macro_f1", "accuracy", "mcc"]}
@@ -51,10 +54,10 @@ def intents_dataset(directory: str) -> str:
     return path
 
 
-def pairs_rows(count: int, rng: random.Random) -> List[List[Any]]:
+def pairs_rows(count: int, rng: random.Random, first_ticket: int) -> List[List[Any]]:
     rows = []
     for i in range(count):
-        question = f"is the {rng.choice(['river', 'city', 'house'])} {CSV_SPECIALS[i % 4]} cold"
+        question = f"is the {rng.choice(['river', 'city', 'house'])} {CSV_SPECIALS[i % 4]} cold, ticket {first_ticket + i}"
         match = i % 2
         answer = question.replace("is the", "the") + " is" if match else f"the {rng.choice(['dog', 'king'])} left"
         rows.append([question, answer, match])
@@ -65,11 +68,11 @@ def pairs_dataset(directory: str) -> str:
     """data/train.csv, data/dev.csv of the pair task (header, quoted fields) and its spec; returns the spec path."""
     rng = random.Random(1)
     os.makedirs(os.path.join(directory, "data"))
-    for file_name, count in (("train.csv", TRAIN_ROWS), ("dev.csv", EVAL_ROWS)):
+    for file_name, count, first_ticket in (("train.csv", TRAIN_ROWS, 1000), ("dev.csv", EVAL_ROWS, 2000)):
         with open(os.path.join(directory, "data", file_name), "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)  # every text quoted, labels bare numbers
             writer.writerow(["question", "answer", "match"])
-            writer.writerows(pairs_rows(count, rng))
+            writer.writerows(pairs_rows(count, rng, first_ticket))
     path = os.path.join(directory, "pairs.yaml")
     with open(path, "w") as f:
         f.write("name: pairs\nformat: csv\nfiles: {train: data/train.csv, eval: data/dev.csv}\n"
@@ -90,8 +93,9 @@ def run_pipeline(root, spec_path: str, model_dir: str) -> types.SimpleNamespace:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         run.main(["--task_spec", spec_path, "--model", model_dir, "--output_dir", str(root / "out"),
-                  "--serving_dir", serving_dir, "--metadata_path", metadata_path, "--epochs", "1",
-                  "--batch_size", "16", "--max_seq_length", "32", "--bottleneck_size", "8", "--no_baseline"])
+                  "--serving_dir", serving_dir, "--metadata_path", metadata_path, "--epochs", "10",
+                  "--learning_rate", "0.01", "--batch_size", "16", "--max_seq_length", "32", "--bottleneck_size", "16",
+                  "--no_baseline"])
     (last,) = pipeline_runs(metadata_path, pipeline_name_for(task.name, PIPELINE_NAME))
     return types.SimpleNamespace(task=task, run=last, summary=out.getvalue(), serving_dir=serving_dir)
 
@@ -158,7 +162,7 @@ def test_json_lines_records_become_examples_with_their_ids_and_class_ids(intents
 
 
 def test_csv_quoted_fields_arrive_byte_for_byte(pairs):
-    expected = sorted((a, b, str(match)) for a, b, match in pairs_rows(TRAIN_ROWS, random.Random(1)))
+    expected = sorted((a, b, str(match)) for a, b, match in pairs_rows(TRAIN_ROWS, random.Random(1), 1000))
     got = sorted((e.features.feature["sentence1"].bytes_list.value[0].decode(),
                   e.features.feature["sentence2"].bytes_list.value[0].decode(),
                   str(e.features.feature["label"].int64_list.value[0])) for e in examples_of(pairs.run, "train"))
