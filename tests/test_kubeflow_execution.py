@@ -10,7 +10,8 @@ One module-scoped fixture (tiny BERT, 64/32 MRPC rows, file:// URIs) whose resul
     serving directory: its Evaluator compares it with the served model (the first execution's push), and it
     is neither blessed nor pushed, having failed the constant predictor's floor.
 The fixture takes 3 pipeline runs (two executed specs of 10 tasks, each task a fresh Python process, and one
-local run): see kubeflow/README.md for its timings.
+local run): see kubeflow/README.md for its timings. Apart from it, a spec whose GLUE files are missing stops at
+its first task, naming the task, its command and its log.
 """
 import os
 import re
