@@ -16,3 +16,15 @@ def glue_dir_or_skip(task_directory: str) -> str:
     if not os.path.isdir(path):
         pytest.skip(f"real GLUE data not found at {path} (set GLUE_DIR to a directory in the standard GLUE layout)")
     return GLUE_DIR
+
+
+def ancestors(pipeline, node_id: str) -> set:
+    """The ids of every node upstream of node_id in a TFX pipeline, transitively."""
+    nodes = {component.id: component for component in pipeline.components}
+    found, todo = set(), [node_id]
+    while todo:
+        for upstream in nodes[todo.pop()].upstream_nodes:
+            if upstream.id not in found:
+                found.add(upstream.id)
+                todo.append(upstream.id)
+    return found

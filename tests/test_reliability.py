@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import ancestors
 from pipeline.runs import PipelineRun, pipeline_runs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,20 +210,10 @@ def test_nothing_downstream_of_the_data_can_run_before_the_data_gate(tmp_path) -
     data_dir = write_mrpc(str(tmp_path / "glue"), 4, 2, shuffle_train_labels=False, seed=0)
     pipeline = create_pipeline(pipeline_name="p", pipeline_root=str(tmp_path / "root"), data_dir=data_dir,
                                serving_dir=str(tmp_path / "serving"), config=TrainingConfig(task=TASK))
-    nodes = {component.id: component for component in pipeline.components}
 
-    def ancestors(node_id: str) -> set:
-        found, todo = set(), [node_id]
-        while todo:
-            for upstream in nodes[todo.pop()].upstream_nodes:
-                if upstream.id not in found:
-                    found.add(upstream.id)
-                    todo.append(upstream.id)
-        return found
-
-    assert {"ExampleValidator", "DataGate"} <= ancestors("Transform")
+    assert {"ExampleValidator", "DataGate"} <= ancestors(pipeline, "Transform")
     for node_id in ("Trainer", "Evaluator_eval", "Pusher"):
-        assert "DataGate" in ancestors(node_id), node_id
+        assert "DataGate" in ancestors(pipeline, node_id), node_id
 
 
 # ------------------------------------------------------------------------------- 2. bad configuration

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import glue_dir_or_skip
+from conftest import ancestors, glue_dir_or_skip
 from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, TASKS, get_task
 from pipeline.configs import DataChecks
 
@@ -248,18 +248,9 @@ def test_in_the_pipeline_everything_that_trains_or_pushes_waits_for_the_gate(tmp
                                data_checks=DataChecks(max_label_js=0.25, min_class_share=0.3, max_pair_overlap=0.0))
     nodes = {component.id: component for component in pipeline.components}
 
-    def ancestors(node_id: str) -> set:
-        found, todo = set(), [node_id]
-        while todo:
-            for upstream in nodes[todo.pop()].upstream_nodes:
-                if upstream.id not in found:
-                    found.add(upstream.id)
-                    todo.append(upstream.id)
-        return found
-
-    assert {"StatisticsGen", "GlueSchemaGen", "DataGate", "GlueExampleGen"} <= ancestors("TrainabilityGate")
+    assert {"StatisticsGen", "GlueSchemaGen", "DataGate", "GlueExampleGen"} <= ancestors(pipeline, "TrainabilityGate")
     for node_id in ("Transform", "Trainer", "Evaluator_eval", "Pusher"):
-        assert "TrainabilityGate" in ancestors(node_id), node_id
+        assert "TrainabilityGate" in ancestors(pipeline, node_id), node_id
     assert nodes["StatisticsGen"].inputs["schema"] is nodes["GlueSchemaGen"].outputs["schema"]  # categorical label
     assert nodes["GlueSchemaGen"].exec_properties["max_label_skew"] == 0.25  # a score: Jensen-Shannon
     assert {k: nodes["TrainabilityGate"].exec_properties[k] for k in ("batch_size", "min_class_share", "max_pair_overlap")} \
