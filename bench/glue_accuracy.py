@@ -14,7 +14,10 @@ The plan (same epoch budget for every row of one invocation, `--epochs`; the tab
   full        full fine-tuning, learning rate 3e-5 (BERT's usual; 3e-4 measured on MRPC too)
   sweep       MRPC adapters with bottleneck 8 and 256, and learning rates 3e-5 and 3e-3 (the paper's grids)
   bf16        MRPC and RTE adapters trained with --precision mixed_bfloat16 (does the faster arithmetic cost accuracy?)
-SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`), evaluated on all of dev.
+SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`, or `all`), evaluated on all
+of dev. The issue-15 table: `--epochs 10 --methods adapters --main_only --only mrpc rte cola stsb`,
+`--epochs 3 --methods full --only mrpc rte cola stsb`, `--epochs 2 --only sst2 --seeds 42 --main_only
+--sst2_train_examples all`.
 """
 from __future__ import annotations
 
@@ -59,28 +62,29 @@ class Run:
         return flags + (["--full_finetune"] if self.method == "full" else ["--bottleneck_size", str(self.bottleneck_size)])
 
 
-def plan(seeds: Sequence[int]) -> List[Run]:
-    """Every run, most informative first, so a sweep cut short still gives a complete first seed."""
-    first, rest = seeds[0], list(seeds[1:])
-    runs: List[Run] = []
-    for task in ("mrpc", "rte"):
-        runs += [Run(task, "adapters", first, ADAPTER_LR), Run(task, "full", first, FULL_LR)]
-    runs += [Run(task, "adapters", first, ADAPTER_LR) for task in ("cola", "stsb", "sst2")]
+def plan(seeds: Sequence[int], tasks: Sequence[str], methods: Sequence[str], main_only: bool) -> List[Run]:
+    """Every run, most informative first: the main settings seed by seed (a sweep cut short still has whole
+    seeds), then the first seed's grid of bottleneck sizes and learning rates and bfloat16 (unless main_only)."""
+    lr = {"adapters": ADAPTER_LR, "full": FULL_LR}
+    runs = [Run(task, method, seed, lr[method]) for seed in seeds for task in tasks for method in methods]
+    if main_only or "adapters" not in methods or "mrpc" not in tasks:
+        return runs
+    first = seeds[0]
     runs += [Run("mrpc", "adapters", first, ADAPTER_LR, size) for size in (8, 256)]
-    runs += [Run("mrpc", "adapters", first, lr) for lr in (3e-5, 3e-3)] + [Run("mrpc", "full", first, 3e-4)]
-    runs += [Run(task, "adapters", first, ADAPTER_LR, precision="mixed_bfloat16") for task in ("mrpc", "rte")]
-    for seed in rest:
-        for task in ("mrpc", "rte"):
-            runs += [Run(task, "adapters", seed, ADAPTER_LR), Run(task, "full", seed, FULL_LR)]
-    for seed in rest:
-        runs += [Run(task, "adapters", seed, ADAPTER_LR) for task in ("cola", "stsb", "sst2")]
-    for seed in rest:
-        runs += [Run("mrpc", "adapters", seed, ADAPTER_LR, size) for size in (8, 256)]
+    runs += [Run("mrpc", "adapters", first, rate) for rate in (3e-5, 3e-3)]
+    runs += [Run(task, "adapters", first, ADAPTER_LR, precision="mixed_bfloat16") for task in ("mrpc", "rte")
+             if task in tasks]
+    if "full" in methods:
+        runs.append(Run("mrpc", "full", first, 3e-4))
     return runs
 
 
-def sst2_subset(out_dir: str, examples: int) -> str:
-    """A GLUE-layout data dir whose SST-2 train is a fixed random subset (seed 0) and whose dev is all of dev."""
+def sst2_data_dir(out_dir: str, examples: Optional[int]) -> str:
+    """The GLUE dir itself for all of SST-2's train file; else a GLUE-layout dir (one per size) whose SST-2
+    train is a fixed random subset (seed 0) and whose dev is all of dev."""
+    if examples is None:
+        return GLUE_DIR
+    out_dir = os.path.join(out_dir, f"sst2-{examples}")
     task_dir = os.path.join(out_dir, "SST-2")
     train = os.path.join(task_dir, "train.tsv")
     if not os.path.exists(train):
@@ -155,13 +159,14 @@ def main_metric(task: str) -> str:
 
 
 def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
-    """Rows of the same setting (task, method, bottleneck, learning rate, epochs) across seeds."""
+    """Rows of the same setting (task, method, bottleneck, learning rate, epochs, train examples) across seeds."""
     grouped: Dict[tuple, List[Dict[str, Any]]] = {}
     for row in rows:
         size = None if row["method"] == "full" else row["bottleneck_size"]
         if row.get("precision", "float32") != "float32":
             size = f"{size}, {row['precision']}"
-        grouped.setdefault((row["task"], row["method"], size, row["learning_rate"], row["epochs"]), []).append(row)
+        key = (row["task"], row["method"], size, row["learning_rate"], row["epochs"], row["train_examples"])
+        grouped.setdefault(key, []).append(row)
     return grouped
 
 
@@ -177,25 +182,30 @@ def report(results: Dict[str, Any]) -> None:
     """Prints every setting measured, then the README table of the main settings, and draws the plot."""
     rows = results["runs"]
     table = []
-    for (task, method, size, lr, epochs), members in sorted(groups(rows).items(), key=lambda kv: str(kv[0])):
+    for (task, method, size, lr, epochs, train), members in sorted(groups(rows).items(), key=lambda kv: str(kv[0])):
         metric = main_metric(members[0]["task"])
-        table.append([task, method, size or "-", f"{lr:g}", epochs, metric,
+        table.append([task, train, method, size or "-", f"{lr:g}", epochs, metric,
                       summary([m["metrics"][metric] for m in members]), f"{members[0]['trainable_percent']:.2f}"])
-    print_table(["task", "method", "bottleneck", "lr", "epochs", "metric", "dev (mean ± sd)", "trained %"], table)
+    print_table(["task", "train examples", "method", "bottleneck", "lr", "epochs", "metric", "dev (mean ± sd)",
+                 "trained %"], table)
     print()
     main = []
     for task in TASK_DIRS:
         settings = groups([r for r in rows if r["task"] == task])
-        for epochs in sorted({r["epochs"] for r in rows if r["task"] == task}):
-            adapters = settings.get((task, "adapters", BOTTLENECK, ADAPTER_LR, epochs), [])
-            full = settings.get((task, "full", None, FULL_LR, epochs), [])
+        for epochs, train in sorted({(r["epochs"], str(r["train_examples"])) for r in rows if r["task"] == task}):
+            train = int(train) if train.isdigit() else train
+            adapters = settings.get((task, "adapters", BOTTLENECK, ADAPTER_LR, epochs, train), [])
+            full = settings.get((task, "full", None, FULL_LR, epochs, train), [])
             if not adapters:
                 continue
             metric = main_metric(task)
-            main.append([task, metric, epochs, summary([r["metrics"][metric] for r in adapters]),
-                         summary([r["metrics"][metric] for r in full]) if full else "-",
+            a, f = ([r["metrics"][metric] for r in rows_] for rows_ in (adapters, full))
+            difference = f"{100 * (statistics.mean(a) - statistics.mean(f)):+.1f}" if f else "-"
+            main.append([task, train, metric, epochs, summary(a), summary(f) if f else "-", difference,
+                         f"{sum(r['pipeline_seconds'] for r in adapters + full) / 60:.0f}",
                          f"{adapters[0]['trainable_percent']:.2f}"])
-    print_table(["task", "metric", "epochs", "adapters", "full fine-tuning", "adapters' trained %"], main)
+    print_table(["task", "train examples", "metric", "epochs", "adapters", "full fine-tuning", "adapters - full",
+                 "minutes (all runs)", "adapters' trained %"], main)
     plot(rows)
 
 
@@ -212,8 +222,9 @@ def plot(rows: List[Dict[str, Any]]) -> None:
     for color, task in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], TASK_DIRS):
         for epochs in budgets:
             points = []
-            for (t, method, size, lr, e), members in grouped.items():
-                if t != task or e != epochs or isinstance(size, str) or lr != (FULL_LR if method == "full" else ADAPTER_LR):
+            for (t, method, size, lr, e, train), members in grouped.items():
+                if t != task or e != epochs or train != "all" or isinstance(size, str) \
+                        or lr != (FULL_LR if method == "full" else ADAPTER_LR):
                     continue
                 values = [100 * m["metrics"][main_metric(task)] for m in members]
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -247,7 +258,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--only", nargs="+", choices=sorted(TASK_DIRS), help="run only these tasks' rows")
     parser.add_argument("--max_runs", type=int, help="stop after this many new runs")
-    parser.add_argument("--sst2_train_examples", type=int, default=20_000)
+    parser.add_argument("--methods", nargs="+", choices=["adapters", "full"], default=["adapters", "full"])
+    parser.add_argument("--main_only", action="store_true",
+                        help="only the main settings (no bottleneck, learning-rate or bfloat16 grid)")
+    parser.add_argument("--sst2_train_examples", type=lambda v: None if v == "all" else int(v), default=20_000,
+                        help="a fixed random subset of SST-2's 67,349 training examples, or 'all'")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "accuracy"))
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plot")
     args = parser.parse_args(argv)
@@ -256,13 +271,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for task, directory in TASK_DIRS.items():
             if not os.path.isfile(os.path.join(GLUE_DIR, directory, "train.tsv")):
                 sys.exit(f"error: {GLUE_DIR}/{directory}/train.tsv not found (set GLUE_DIR to the GLUE data).")
-        done = {(r["key"], r["epochs"]) for r in results["runs"]}
-        todo = [r for r in plan(args.seeds) if (r.key, args.epochs) not in done and (not args.only or r.task in args.only)]
-        sst2_dir = sst2_subset(os.path.join(args.output_dir, "data"), args.sst2_train_examples)
+        sst2_train = args.sst2_train_examples or "all"
+        done = {(r["key"], r["epochs"], r["train_examples"]) for r in results["runs"]}
+        todo = [r for r in plan(args.seeds, args.only or list(TASK_DIRS), args.methods, args.main_only)
+                if (r.key, args.epochs, sst2_train if r.task == "sst2" else "all") not in done]
+        sst2_dir = sst2_data_dir(os.path.join(args.output_dir, "data"), args.sst2_train_examples)
         for i, run in enumerate(todo[:args.max_runs]):
             print(f"[{i + 1}/{len(todo)}] {run.key} ...", flush=True)
             row = run_pipeline(run, args.epochs, args.output_dir, sst2_dir if run.task == "sst2" else GLUE_DIR)
-            row["train_examples"] = args.sst2_train_examples if run.task == "sst2" else "all"
+            row["train_examples"] = sst2_train if run.task == "sst2" else "all"
             results["runs"].append(row)
             save_results(results)
             print(f"    {row['metrics']}  ({row['trainer_seconds']:.0f} s in the Trainer)", flush=True)
