@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 from modules import backbone as backbone_lib
 from modules.bundle import (
+    ALL_TASKS_SIGNATURE,
     GENERIC_SIGNATURE,
     BundleError,
     BundleModule,
@@ -41,7 +42,7 @@ from modules.bundle import (
     read_task_adapters,
     save_bundle,
 )
-from modules.glue import canonical_name
+from modules.glue import GlueTask, canonical_name
 
 BUNDLE_NAME = "glue_bundle"
 MANIFEST_FILE = os.path.join("assets.extra", "bundle.json")  # TF Serving ignores assets.extra
@@ -140,6 +141,10 @@ def backbone_of(adapter_sets: Sequence[TaskAdapters], model: Optional[str]) -> s
     return named[0]
 
 
+def task_outputs(task: GlueTask) -> List[str]:
+    return ["score"] if task.is_regression else ["probabilities", "label", "label_name"]
+
+
 def manifest(module: BundleModule, model: str, adapter_sets: Sequence[TaskAdapters],
              sources: Sequence[AdapterSource]) -> Dict:
     """What the bundle holds and where each task came from; stored as assets.extra/bundle.json."""
@@ -149,11 +154,17 @@ def manifest(module: BundleModule, model: str, adapter_sets: Sequence[TaskAdapte
         "backbone": {"model": model, **first},
         "signatures": {
             **{name: {"inputs": ["sentence1"] + (["sentence2"] if module.tasks[name].text_b else []),
-                      "outputs": ["score"] if module.tasks[name].is_regression else ["probabilities", "label", "label_name"]}
+                      "outputs": task_outputs(module.tasks[name])}
                for name in module.task_names},
             GENERIC_SIGNATURE: {"inputs": ["task", "sentence1", "sentence2"],
                                 "outputs": ["probabilities", "label", "score", "num_labels"],
                                 "max_labels": module.max_labels},
+            ALL_TASKS_SIGNATURE: {"inputs": ["sentence1", "sentence2"],
+                                  "outputs": [f"{name}/{output}" for name in module.task_names
+                                              for output in task_outputs(module.tasks[name])],
+                                  "shared_prefixes": [{"tasks": list(p.sharing), "layers": p.layers,
+                                                       "max_seq_length": p.max_seq_length}
+                                                      for p in module.shared_prefixes() if len(p.sharing) > 1]},
         },
         "tasks": {
             adapters.task.name: {

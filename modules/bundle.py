@@ -32,6 +32,13 @@ task's own max_seq_length, exactly as in that task's single-task "predict_text")
                              probability of the predicted label
                num_labels    [B] int64: how many columns of probabilities belong to the task
                              (0 for a regression task)
+  "all_tasks": every task for the same input, in one call
+      inputs   sentence1 [B] string, sentence2 [B] string (ignored by single-sentence tasks)
+      outputs  "<task>/<output>" for every task and each output of its own signature, e.g. "mrpc/label",
+               "stsb/score"; each equals that task's signature (within float rounding)
+      Tasks that read the same tokens (same max_seq_length and number of sentences) and were trained with
+      AdapterDrop (K > 0) run the embeddings and their common lowest layers without adapters once, not once
+      per task: those layers have the same frozen weights in every such task (`shared_prefixes`).
 The tokenizer uses TensorFlow Text ops, as the single-task models' "predict_text" does: `import
 tensorflow_text` before `tf.saved_model.load`, and serve with a TF Serving build that has them.
 """
@@ -42,7 +49,7 @@ import dataclasses
 import hashlib
 import os
 import types
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -65,6 +72,7 @@ from modules.model import (
 from modules.preprocessing import BertPairTokenizer
 
 GENERIC_SIGNATURE = "predict"
+ALL_TASKS_SIGNATURE = "all_tasks"
 TASK_INPUT = "task"
 OUTPUT_NUM_LABELS = "num_labels"
 ADAPTERS_SUBDIR = "adapters"  # where run_fn writes adapter-only weights inside a Model artifact
@@ -192,6 +200,17 @@ class SharedBackbone:
         return model
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedPrefix:
+    """Tasks that read the same tokens; `sharing` of them run the embeddings and their lowest `layers` once."""
+
+    max_seq_length: int
+    pair: bool  # two sentences
+    tasks: Tuple[str, ...]
+    sharing: Tuple[str, ...]  # the tasks trained with AdapterDrop (K > 0)
+    layers: int  # min K over `sharing`: layers no task of `sharing` adapted
+
+
 class _Untracked:
     """Holds Python objects a tf.Module must not track (the Keras models: only their variables are saved)."""
 
@@ -255,6 +274,48 @@ class BundleModule(tf.Module):
             self._py.model_functions[name] = logits
         return self._py.model_functions[name]
 
+    def shared_prefixes(self) -> List["SharedPrefix"]:
+        """The tasks grouped by the tokens they read; in each group, the AdapterDrop tasks share the embeddings
+        and the lowest min(K) layers, which none of them adapted."""
+        grouped: Dict[tuple, List[str]] = {}
+        for name in self.task_names:
+            key = (self._py.tokenizers[name].max_seq_length, self.tasks[name].text_b is not None)
+            grouped.setdefault(key, []).append(name)
+        prefixes = []
+        for (length, pair), names in sorted(grouped.items()):
+            drops = [self._py.models[name].adapter_config.adapter_drop for name in names]
+            sharing = tuple(name for name, drop in zip(names, drops) if drop > 0)
+            prefixes.append(SharedPrefix(length, pair, tuple(names), sharing,
+                                         min((drop for drop in drops if drop > 0), default=0)))
+        return prefixes
+
+    def all_tasks_outputs(self, sentence1: tf.Tensor, sentence2: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Every task's outputs for the same sentences, each shared frozen prefix computed once."""
+        from modules.trainer import model_inputs, predict_outputs
+
+        outputs: Dict[str, tf.Tensor] = {}
+        for prefix in self.shared_prefixes():
+            tokenize = self._tokenizer_function(self._py.tokenizers[prefix.tasks[0]], pair=prefix.pair)
+            features = model_inputs(tokenize(sentence1, sentence2) if prefix.pair else tokenize(sentence1))
+            if prefix.sharing:
+                hidden_states = self._py.models[prefix.sharing[0]].frozen_prefix(features, prefix.layers)
+            for name in prefix.tasks:
+                model = self._py.models[name]
+                if name in prefix.sharing:
+                    logits = model.above_prefix(hidden_states, features["attention_mask"], depth=prefix.layers)
+                else:
+                    logits = model(features, training=False)
+                outputs.update({f"{name}/{key}": value for key, value in predict_outputs(self.tasks[name], logits).items()})
+        return outputs
+
+    def all_tasks_signature(self) -> tf.types.experimental.ConcreteFunction:
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A),
+                                      tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_B)], autograph=False)
+        def all_tasks(sentence1, sentence2):
+            return self.all_tasks_outputs(sentence1, sentence2)
+
+        return all_tasks.get_concrete_function()
+
     def task_signature(self, name: str) -> tf.types.experimental.ConcreteFunction:
         if self.tasks[name].text_b is None:
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A)], autograph=False)
@@ -314,6 +375,7 @@ class BundleModule(tf.Module):
         generic = self.generic_signature()
         signatures[GENERIC_SIGNATURE] = generic
         signatures["serving_default"] = generic
+        signatures[ALL_TASKS_SIGNATURE] = self.all_tasks_signature()
         return signatures
 
 

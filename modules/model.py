@@ -85,21 +85,34 @@ class AdapterBertClassifier(keras.Model):
         )
         return self.classifier(self.dropout(outputs.pooler_output, training=training))
 
-    def frozen_prefix(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
-        """The output of the embeddings and the lowest `adapter_drop` layers: inference mode, no gradient."""
+    def frozen_prefix(self, inputs: Dict[str, tf.Tensor], depth: Optional[int] = None) -> tf.Tensor:
+        """The output of the embeddings and the lowest `depth` layers (default: all `adapter_drop` of them):
+        inference mode, no gradient. A bundle computes it once for the tasks that share those layers."""
+        depth = self._prefix_depth(depth)
         hidden_states = self.bert.embeddings(
             input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"], training=False
         )
-        layers = self.bert.encoder.layer[: self.adapter_config.adapter_drop]
-        return tf.stop_gradient(_run_layers(layers, hidden_states, inputs["attention_mask"], training=False))
+        return tf.stop_gradient(_run_layers(self.bert.encoder.layer[:depth], hidden_states, inputs["attention_mask"],
+                                            training=False))
 
-    def above_prefix(self, hidden_states: tf.Tensor, attention_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """The logits from the frozen prefix's output: the layers above it, the pooler and the classifier."""
+    def above_prefix(self, hidden_states: tf.Tensor, attention_mask: tf.Tensor, training: bool = False,
+                     depth: Optional[int] = None) -> tf.Tensor:
+        """The logits from `frozen_prefix(inputs, depth)`: the rest of the frozen prefix (inference mode), the
+        layers above it, the pooler and the classifier."""
+        depth, drop = self._prefix_depth(depth), self.adapter_config.adapter_drop
         hidden_states = tf.cast(hidden_states, self.bert.embeddings.compute_dtype)
-        layers = self.bert.encoder.layer[self.adapter_config.adapter_drop:]
-        hidden_states = _run_layers(layers, hidden_states, attention_mask, training=training)
+        hidden_states = _run_layers(self.bert.encoder.layer[depth:drop], hidden_states, attention_mask, training=False)
+        hidden_states = _run_layers(self.bert.encoder.layer[drop:], hidden_states, attention_mask, training=training)
         pooled = self.bert.pooler(hidden_states=hidden_states)
         return self.classifier(self.dropout(pooled, training=training))
+
+    def _prefix_depth(self, depth: Optional[int]) -> int:
+        drop = self.adapter_config.adapter_drop
+        if depth is None:
+            return drop
+        if not 0 <= depth <= drop:
+            raise ValueError(f"A frozen prefix of {depth} layers: this model freezes only its lowest {drop}.")
+        return depth
 
     def frozen_variables(self) -> List[tf.Variable]:
         """The pretrained weights that training never changes (empty for full fine-tuning)."""

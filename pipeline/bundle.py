@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     """Runs the CLI; returns the pushed version directory."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from components import adapter_bundle
-    from modules.bundle import BundleError
+    from modules.bundle import ALL_TASKS_SIGNATURE, BundleError
     from modules.glue import load_task_spec
 
     start = time.time()
@@ -102,6 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     print("-" * 78)
     print(f"backbone:  {info['backbone']['model']} ({info['backbone_parameters']:,} parameters, stored once)")
     print("generic:   signature 'predict' / 'serving_default' (task, sentence1, sentence2)")
+    shared = info["signatures"][ALL_TASKS_SIGNATURE]["shared_prefixes"]
+    print("all tasks: signature 'all_tasks' (sentence1, sentence2)" + "".join(
+        f"; {', '.join(p['tasks'])} run the embeddings and layers 0-{p['layers'] - 1} once" for p in shared))
     size = _size(result.path)
     line = f"bundle:    {result.path} ({_mb(size)})"
     if len(single_sizes) == len(info["tasks"]):

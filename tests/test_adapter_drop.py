@@ -305,3 +305,44 @@ def test_a_saved_model_serves_the_k_model_exactly(tmp_path) -> None:
     inputs = random_inputs()
     served = serve(ids=inputs["input_ids"], mask=inputs["attention_mask"], types=inputs["token_type_ids"])
     np.testing.assert_allclose(list(served.values())[0].numpy(), model(inputs).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_all_tasks_signature_runs_the_shared_frozen_layers_once_and_answers_as_each_task(tmp_path, monkeypatch) -> None:
+    """Pair tasks at K = 2 and 3 share the embeddings and layers 0-1; a K = 0 pair task and a single-sentence
+    task (other tokens) cannot; every task's answer equals its own signature's."""
+    from modules.backbone import load_backbone
+    from modules.bundle import build_bundle, read_task_adapters
+    from modules.glue import get_task
+
+    model_dir = write_tiny_bert(tmp_path / "tiny_bert", num_layers=3, initializer_range=0.2)
+    adapter_sets = []
+    for task, k in {"mrpc": 2, "rte": 3, "stsb": 0, "sst2": 2}.items():
+        model = AdapterBertClassifier(load_backbone(model_dir), get_task(task).num_labels,
+                                      AdapterConfig(bottleneck_size=8, adapter_drop=k))
+        randomize_adapters(model)
+        save_adapter_weights(model, str(tmp_path / task), extra={"task": task, "max_seq_length": 16})
+        adapter_sets.append(read_task_adapters(str(tmp_path / task)))
+    bundle = build_bundle(model_dir, adapter_sets)
+    assert [(p.pair, p.tasks, p.sharing, p.layers) for p in bundle.shared_prefixes()] == [
+        (False, ("sst2",), ("sst2",), 2), (True, ("mrpc", "rte", "stsb"), ("mrpc", "rte"), 2)]
+
+    depths: List[int] = []
+    frozen_prefix = AdapterBertClassifier.frozen_prefix
+    monkeypatch.setattr(AdapterBertClassifier, "frozen_prefix",
+                        lambda self, inputs, depth=None: depths.append(depth) or frozen_prefix(self, inputs, depth))
+    all_tasks = bundle.all_tasks_signature()
+    assert depths == [2, 2]  # once per group of tasks reading the same tokens, not once per task
+    monkeypatch.setattr(AdapterBertClassifier, "frozen_prefix", frozen_prefix)
+
+    s1 = tf.constant(["the movie was very good", "bad film", "a good day"])
+    s2 = tf.constant(["the film was good", "the movie was not good at all", "day"])
+    out = {key: value.numpy() for key, value in all_tasks(sentence1=s1, sentence2=s2).items()}
+    for name in bundle.task_names:
+        single = bundle.task_signature(name)
+        expected = single(sentence1=s1) if name == "sst2" else single(sentence1=s1, sentence2=s2)
+        for key, value in expected.items():
+            if value.dtype == tf.string:
+                np.testing.assert_array_equal(out[f"{name}/{key}"], value.numpy())
+            else:
+                np.testing.assert_allclose(out[f"{name}/{key}"], value.numpy(), atol=1e-5, rtol=0)
+    assert np.ptp(out["stsb/score"]) > 100 * 1e-5 and np.ptp(out["mrpc/probabilities"][:, 1]) > 100 * 1e-5

@@ -258,6 +258,19 @@ def test_generic_signature_routes_each_example_to_its_task(bundle_ab):
         predict(task=tf.constant(["sst2", "rte", "stsb", "sst2", "sst2"]), sentence1=s1, sentence2=s2)
 
 
+def test_all_tasks_signature_answers_every_task_as_its_own_signature(bundle_ab):
+    _, loaded = bundle_ab
+    s1, s2 = tf.constant(SENTENCES_A), tf.constant(SENTENCES_B)
+    out = as_numpy(loaded.signatures["all_tasks"](sentence1=s1, sentence2=s2))
+    sst2 = as_numpy(loaded.signatures["sst2"](sentence1=s1))
+    stsb = as_numpy(loaded.signatures["stsb"](sentence1=s1, sentence2=s2))
+    assert set(out) == {"sst2/probabilities", "sst2/label", "sst2/label_name", "stsb/score"}
+    np.testing.assert_allclose(out["sst2/probabilities"], sst2["probabilities"], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(out["sst2/label"], sst2["label"])
+    np.testing.assert_array_equal(out["sst2/label_name"], sst2["label_name"])
+    np.testing.assert_allclose(out["stsb/score"], stsb["score"], atol=1e-5, rtol=0)
+
+
 def test_backbone_is_stored_once(setup, task_a, task_b, bundle_ab):
     path, _ = bundle_ab
     backbone = {v.name: int(np.prod(v.shape)) for v in load_backbone(setup["model_dir"]).variables}
