@@ -17,6 +17,7 @@ DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distributi
 # TrainingConfig.precision: Keras mixed-precision policies, or "auto" (trainer.resolve_precision: mixed_bfloat16
 # on CPUs with native bfloat16 arithmetic, float32 elsewhere).
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+TRANSFORM_FIELDS = ("task", "task_spec", "model", "max_seq_length")  # TrainingConfig.transform_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,11 @@ class TrainingConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def transform_dict(self) -> Dict[str, Any]:
+        """What the Transform stage reads (modules.preprocessing.preprocessing_fn): the tokenization only, so a
+        run that changes a training setting (learning rate, seed, epochs, ...) reuses the cached Transform."""
+        return {key: value for key, value in self.to_dict().items() if key in TRANSFORM_FIELDS}
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainingConfig":

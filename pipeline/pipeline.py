@@ -92,7 +92,7 @@ def create_pipeline(
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=labeled_splits),
-        custom_config=config.to_dict(),
+        custom_config=config.transform_dict(),
     )
     transform.add_upstream_node(trainability_gate)
     trainer = tfx.components.Trainer(
