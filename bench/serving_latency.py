@@ -10,6 +10,7 @@ ServingModule.text_signature. The SavedModels are reloaded with tf.saved_model.l
 signature in-process (no TF Serving binary on these machines).
 
   adapter: AdapterBertClassifier (Houlsby adapters, bottleneck 64)
+  adapter_k3: the same with AdapterDrop K = 3 (adapters in layers 3-5 only)
   plain:   AdapterBertClassifier(full_finetune=True): the same backbone and head, no adapters
   *_fixed128: the same models fed the Transform output's fixed padding to 128, as exported before
               trainer.model_inputs cut each batch to its longest example
@@ -90,13 +91,14 @@ def main() -> None:
     settings = backbone.tokenizer_settings(backbone.resolve_model_dir("minilm"))
     scratch = tempfile.mkdtemp(prefix="bench-serving-")
     signatures, adapter_head = {}, None
-    for name, full in (("adapter", False), ("plain", True)):
-        model = AdapterBertClassifier(backbone.load_backbone("minilm"), 2, AdapterConfig(), full_finetune=full)
+    for name, full, drop in (("adapter", False, 0), ("adapter_k3", False, 3), ("plain", True, 0)):
+        model = AdapterBertClassifier(backbone.load_backbone("minilm"), 2, AdapterConfig(adapter_drop=drop),
+                                      full_finetune=full)
         if adapter_head is None:
             adapter_head = model.classifier.get_weights()
-        else:  # the plain model gets the same head weights as the adapter model
+        else:  # the other models get the same head weights as the adapter model
             model.classifier.set_weights(adapter_head)
-        for variant, trim in ((name, True), (f"{name}_fixed128", False)):
+        for variant, trim in [(name, True)] + ([(f"{name}_fixed128", False)] if not drop else []):
             export(model, settings, os.path.join(scratch, variant), trim)
             signatures[variant] = tf.saved_model.load(os.path.join(scratch, variant)).signatures[trainer.TEXT_SIGNATURE]
 
@@ -126,8 +128,7 @@ def main() -> None:
              for n, v in latency.items()}
     tput = {n: {"values": v, "median": common.median(v)} for n, v in throughput.items()}
     ratios = {}
-    for suffix in ("", "_fixed128"):
-        a, p = "adapter" + suffix, "plain" + suffix
+    for a, p in (("adapter", "plain"), ("adapter_fixed128", "plain_fixed128"), ("adapter_k3", "plain")):
         ratios.update({f"batch1 median latency {a}/{p}": stats[a]["median_ms"] / stats[p]["median_ms"],
                        f"batch1 p95 latency {a}/{p}": stats[a]["p95_ms"] / stats[p]["p95_ms"],
                        f"batch32 throughput {a}/{p}": tput[a]["median"] / tput[p]["median"]})

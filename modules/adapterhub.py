@@ -76,7 +76,7 @@ _LEGACY_WEIGHT_NAMES = {"attention_text_task_adapters": "adapters", "attention_t
 # Fields whose value decides the computation, with the only value this project reproduces.
 _REQUIRED = {
     "original_ln_after": True, "ln_before": False, "ln_after": False, "is_parallel": False, "use_gating": False,
-    "scaling": 1.0, "phm_layer": False, "leave_out": [],
+    "scaling": 1.0, "phm_layer": False,
 }
 # The full BnConfig AdapterHub writes, with its defaults (adapters 1.3.0), completed by `hub_adapter_config`.
 _BN_CONFIG_DEFAULTS = {
@@ -140,6 +140,10 @@ def adapter_config_from_hub(wrapper: Dict, source: str) -> Tuple[AdapterConfig, 
     where = (config.get("mh_adapter"), config.get("output_adapter"))
     if where not in placements:
         raise refuse("config.mh_adapter/output_adapter", list(where), "[true, true] (Houlsby) or [false, true] (Pfeiffer)")
+    leave_out = config.get("leave_out", [])
+    if not isinstance(leave_out, list) or not all(isinstance(i, int) for i in leave_out) \
+            or sorted(leave_out) != list(range(len(leave_out))):
+        raise refuse("config.leave_out", leave_out, "the lowest K layers, [0, ..., K-1]: AdapterDrop")
     original_ln_before = bool(config.get("original_ln_before", False))
     if original_ln_before and config.get("residual_before_ln", True) is not True:
         raise refuse("config.residual_before_ln", config["residual_before_ln"], "true with original_ln_before")
@@ -161,7 +165,8 @@ def adapter_config_from_hub(wrapper: Dict, source: str) -> Tuple[AdapterConfig, 
         raise refuse("config.reduction_factor", factor, "a positive number")
     adapter = AdapterConfig(bottleneck_size=bottleneck_size(hidden_size, factor),
                             non_linearity=NON_LINEARITY_FROM_HUB[name], placement=placements[where],
-                            train_layer_norms=False, original_ln_before=original_ln_before)
+                            train_layer_norms=False, original_ln_before=original_ln_before,
+                            adapter_drop=len(leave_out))
     return adapter, hidden_size
 
 
@@ -169,14 +174,11 @@ def hub_adapter_config(adapter: AdapterConfig, hidden_size: int, name: str, mode
     """The adapter_config.json AdapterHub reads back as exactly `adapter` (refuses what it cannot express)."""
     if adapter.non_linearity not in NON_LINEARITY_TO_HUB:
         raise AdapterHubError(f"non_linearity {adapter.non_linearity!r} has no AdapterHub name.")
-    if adapter.adapter_drop:
-        raise AdapterHubError(f"adapter_drop {adapter.adapter_drop}: exporting AdapterDrop adapters (AdapterHub's "
-                              "leave_out) is not implemented; export adapters trained with --adapter_drop 0.")
     factor = reduction_factor(hidden_size, adapter.bottleneck_size)
     config = dict(_BN_CONFIG_DEFAULTS)
     config.update(mh_adapter=adapter.placement == "houlsby", output_adapter=True,
                   original_ln_before=adapter.original_ln_before, non_linearity=NON_LINEARITY_TO_HUB[adapter.non_linearity],
-                  reduction_factor=factor)
+                  reduction_factor=factor, leave_out=list(range(adapter.adapter_drop)))
     return {"config": dict(sorted(config.items())), "hidden_size": hidden_size, "model_class": "BertAdapterModel",
             "model_name": model_name, "model_type": "bert", "name": name, "version": ADAPTERHUB_VERSION}
 
@@ -297,9 +299,10 @@ def _positions(adapter: AdapterConfig) -> List[str]:
 
 
 def adapter_name_map(adapter: AdapterConfig, num_layers: int, name: str) -> Dict[str, Tuple[str, bool]]:
-    """AdapterHub adapter weight name -> (this project's variable key, whether the matrix is transposed)."""
+    """AdapterHub adapter weight name -> (this project's variable key, whether the matrix is transposed); the
+    lowest adapter.adapter_drop layers have none (AdapterHub's leave_out)."""
     names = {}
-    for layer in range(num_layers):
+    for layer in range(adapter.adapter_drop, num_layers):
         for position in _positions(adapter):
             hub = f"bert.encoder.layer.{layer}.{_POSITIONS[position]}.adapters.{name}"
             ours = f"adapter_{layer}_{position}"
@@ -319,10 +322,11 @@ def head_name_map(name: str, uses_backbone_pooler: bool = False) -> Dict[str, Tu
     return names
 
 
-def layer_norm_name_map(num_layers: int) -> Dict[str, Tuple[str, bool]]:
-    """AdapterHub BertAdapterModel LayerNorm parameter name -> this project's variable key."""
+def layer_norm_name_map(num_layers: int, first_layer: int = 0) -> Dict[str, Tuple[str, bool]]:
+    """AdapterHub BertAdapterModel LayerNorm parameter name -> this project's variable key, from `first_layer` up
+    (below AdapterDrop's K the layer norms do not train)."""
     names = {}
-    for layer in range(num_layers):
+    for layer in range(first_layer, num_layers):
         for position in ("attention/output", "output"):
             hub = f"bert.encoder.layer.{layer}.{position.replace('/', '.')}.LayerNorm"
             ours = f"bert/encoder/layer_._{layer}/{position}/LayerNorm"
@@ -471,10 +475,11 @@ def export_adapter(adapters_dir: str, output_dir: str, name: Optional[str] = Non
         HEAD_WEIGHTS_FILES[0]: _to_hub(weights, head_name_map(name)),
     }
     if adapter.train_layer_norms:
-        files[LAYER_NORMS_FILE] = _to_hub(weights, layer_norm_name_map(num_layers))
+        files[LAYER_NORMS_FILE] = _to_hub(weights, layer_norm_name_map(num_layers, adapter.adapter_drop))
     expected = set(weights)
     converted = {key for names in (adapter_name_map(adapter, num_layers, name), head_name_map(name),
-                                   layer_norm_name_map(num_layers) if adapter.train_layer_norms else {})
+                                   layer_norm_name_map(num_layers, adapter.adapter_drop) if adapter.train_layer_norms
+                                   else {})
                  for key, _ in names.values()}
     if converted != expected:
         raise AdapterHubError(f"{source.directory}: trained variables {sorted(expected ^ converted)[:4]} have no "

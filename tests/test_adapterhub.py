@@ -164,7 +164,7 @@ def set_config(**fields):
     ("adapter_config.json", set_config(scaling="learned"), "config.scaling='learned'"),
     ("adapter_config.json", set_config(use_gating=True), "config.use_gating=True"),
     ("adapter_config.json", set_config(original_ln_after=False), "config.original_ln_after=False"),
-    ("adapter_config.json", set_config(leave_out=[0]), r"config.leave_out=\[0\]"),
+    ("adapter_config.json", set_config(leave_out=[1]), r"config.leave_out=\[1\]"),
     ("adapter_config.json", set_config(non_linearity="leakyrelu"), "config.non_linearity='leakyrelu'"),
     ("adapter_config.json", set_config(mh_adapter=True, output_adapter=False), "config.mh_adapter/output_adapter"),
     ("adapter_config.json", set_config(reduction_factor={"0": 2, "default": 4}), "config.reduction_factor"),
@@ -252,6 +252,7 @@ def test_export_writes_what_adapterhub_writes(tmp_path) -> None:
 @pytest.mark.parametrize("settings", [
     dict(placement="pfeiffer", original_ln_before=True, non_linearity="gelu_new", bottleneck_size=5),
     dict(placement="houlsby", non_linearity="tanh", bottleneck_size=3),
+    dict(placement="houlsby", non_linearity="gelu", bottleneck_size=4, adapter_drop=1),
 ])
 def test_export_then_import_gives_back_the_same_weights(settings, outputs, tmp_path) -> None:
     model = our_adapters(str(tmp_path / "ours"), "mrpc", 1, train_layer_norms=False, **settings)
@@ -279,6 +280,20 @@ def test_trained_layer_norms_are_exported_under_adapterhubs_names(tmp_path) -> N
                                   weights["bert/encoder/layer_._0/output/LayerNorm/beta"])
 
 
+def test_adapter_drop_is_exported_as_leave_out_with_no_weights_below_k(tmp_path) -> None:
+    from safetensors.numpy import load_file
+
+    our_adapters(str(tmp_path / "ours"), "mrpc", 2, bottleneck_size=8, adapter_drop=1)
+    written = adapterhub.export_adapter(str(tmp_path / "ours"), str(tmp_path / "hub"))
+    with open(tmp_path / "hub" / "adapter_config.json") as f:
+        assert json.load(f)["config"]["leave_out"] == [0]
+    adapters = load_file(str(tmp_path / "hub" / "adapter.safetensors"))
+    assert adapters and all(name.startswith("bert.encoder.layer.1.") for name in adapters)
+    assert sorted(load_file(written["layer_norms"])) == sorted(
+        f"bert.encoder.layer.1.{position}.LayerNorm.{part}" for position in ("attention.output", "output")
+        for part in ("weight", "bias"))
+
+
 def test_export_refuses_a_non_empty_destination_and_leaves_nothing_behind(tmp_path) -> None:
     our_adapters(str(tmp_path / "ours"), "mrpc", 3, bottleneck_size=8)
     (tmp_path / "hub").mkdir()
@@ -304,6 +319,7 @@ def adapterhub_logits(adapter_dir: str, inputs_path: str, tmp_path) -> np.ndarra
     ("mnli", dict(placement="pfeiffer", original_ln_before=True, non_linearity="gelu_new", bottleneck_size=5,
                   train_layer_norms=False)),
     ("stsb", dict(placement="pfeiffer", non_linearity="swish", bottleneck_size=3)),
+    ("rte", dict(bottleneck_size=8, non_linearity="gelu", adapter_drop=1)),  # leave_out=[0]
 ])
 def test_exported_adapters_give_our_outputs_in_adapterhub(task, settings, outputs, tmp_path) -> None:
     model = our_adapters(str(tmp_path / "ours"), task, 4, **settings)
