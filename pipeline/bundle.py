@@ -21,15 +21,19 @@ Refused, before anything is written: two adapter sets of one task, adapters trai
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import time
-import warnings
 from typing import Optional, Sequence
+
+from pipeline import console
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-warnings.filterwarnings("ignore", category=FutureWarning)
+console.ignore_benign_warnings()  # the Google Cloud clients' version notices; every other warning shows
+if __name__ == "__main__":  # this command owns its console: TensorFlow's known-benign C++ lines are left out
+    atexit.register(console.StderrFilter(console.CPP_BENIGN_LINES).close)
 
 from pipeline import configs
 
