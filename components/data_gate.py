@@ -33,6 +33,5 @@ def DataGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_arti
     splits = artifact_utils.decode_split_names(anomalies.split_names)
     problems = describe_anomalies(anomalies.uri, splits)
     if problems:
-        raise RuntimeError(
-            "The data does not match the GLUE schema; stopping before training:\n  " + "\n  ".join(problems)
-        )
+        raise RuntimeError("The data does not match the schema of its task description; stopping before "
+                           "training:\n  " + "\n  ".join(problems))
