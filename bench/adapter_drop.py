@@ -2,6 +2,8 @@
 
     python -m bench.adapter_drop [--steps 3] [--repeats 3] [--drops 0 1 2 3] [--no-adapterhub] [--no-mrpc]
     python -m bench.adapter_drop --mrpc-only      # the MRPC cache part alone (bench/results/adapter_drop_mrpc.json)
+    python -m bench.adapter_drop --bert-base --drops 0 6 --steps 2   # a BERT-base-sized random backbone
+                                                  # (12 layers, hidden 768; bench/results/adapter_drop_bert_base.json)
 
 Variants, measured in one process and interleaved (A, B, C, ... A, B, C, ...), medians of the repeats:
   K=k            trainer.build_model(TrainingConfig(adapter_drop=k)) + trainer.compile_model, Keras fit on token
@@ -65,6 +67,23 @@ class AdapterHub:
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=60)
+
+
+def random_bert_base(directory: str) -> str:
+    """A BERT-base-sized backbone with random weights (what is measured is speed), MiniLM's uncased vocabulary
+    (the same 30,522 WordPieces as bert-base-uncased); returns the model directory."""
+    import shutil
+
+    import transformers
+    from modules import backbone
+
+    os.makedirs(directory, exist_ok=True)
+    minilm = backbone.resolve_model_dir("minilm")
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        if os.path.exists(os.path.join(minilm, name)):
+            shutil.copy(os.path.join(minilm, name), directory)
+    backbone.build_backbone(transformers.BertConfig()).save_pretrained(directory)  # BertConfig(): BERT-base
+    return directory
 
 
 def mrpc_cache(common) -> Dict:
@@ -146,7 +165,11 @@ def main() -> None:
                         help="AdapterHub's OMP_NUM_THREADS (default: PyTorch's own choice, one per core)")
     parser.add_argument("--no-mrpc", action="store_true", help="skip the MRPC cache measurement")
     parser.add_argument("--mrpc-only", action="store_true", help="only the MRPC cache measurement")
+    parser.add_argument("--bert-base", action="store_true",
+                        help="a random BERT-base-sized backbone instead of MiniLM (no AdapterHub, no MRPC cache)")
     args = parser.parse_args()
+    if args.bert_base:
+        args.no_adapterhub = args.no_mrpc = True
     if args.mrpc_only:
         from bench import common
 
@@ -169,9 +192,10 @@ def main() -> None:
 
     task = get_task("mrpc")
     features, labels = synthetic_batch()
+    model_dir = random_bert_base(tempfile.mkdtemp(prefix="bench-bert-base-")) if args.bert_base else "minilm"
 
     def build(**settings):
-        config = TrainingConfig(**settings)
+        config = TrainingConfig(model=model_dir, **settings)
         model = trainer.build_model(config, task)
         trainer.compile_model(model, config, task, total_steps=10_000)
         return model
@@ -247,9 +271,10 @@ def main() -> None:
     common.print_table(["ratio (medians, same run)", "value"], [[k, v] for k, v in ratios.items()])
     mrpc = {} if args.no_mrpc else mrpc_cache(common)
     print_mrpc(mrpc)
-    common.write_results("adapter_drop", {
+    common.write_results("adapter_drop_bert_base" if args.bert_base else "adapter_drop", {
         "settings": {"batch_size": BATCH, "seq_length": SEQ, "steps_per_measurement": args.steps,
-                     "repeats": args.repeats, "model": "minilm (6 layers, hidden 384)",
+                     "repeats": args.repeats,
+                     "model": "random BERT-base (12 layers, hidden 768)" if args.bert_base else "minilm (6 layers, hidden 384)",
                      "adapter": "houlsby, bottleneck 64, float32", "drops": args.drops,
                      "data": "one synthetic batch repeated; cached variants: its prefix output in float16"},
         "examples_per_second": {name: {"values": v, "median": med[name]} for name, v in values.items()},
