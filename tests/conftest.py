@@ -1,5 +1,7 @@
-"""Shared test set-up: Keras 2 for transformers, quiet TensorFlow, and where the real GLUE data lives."""
+"""Shared test set-up: Keras 2 for transformers, quiet TensorFlow, where the real GLUE data lives, and the one
+tiny MRPC pipeline run the end-to-end modules share."""
 import os
+import types
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,3 +30,11 @@ def ancestors(pipeline, node_id: str) -> set:
                 found.add(upstream.id)
                 todo.append(upstream.id)
     return found
+
+
+@pytest.fixture(scope="session")
+def tiny_mrpc_run(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    """The local pipeline run of tests/tiny_mrpc.py, made once per session: read it, never change it."""
+    from tiny_mrpc import first_run
+
+    return first_run(str(tmp_path_factory.mktemp("tiny_mrpc")))

@@ -1,17 +1,18 @@
 """The compiled Kubeflow spec, executed: every task of `python -m kubeflow.runner`'s output run the way the KFP v2
 launcher runs it in its pod (kubeflow.launcher, a test double: no cluster or container engine here).
 
-One module-scoped fixture (tiny BERT, 64/32 MRPC rows, file:// URIs) whose results every test reads:
+One module-scoped fixture (the tiny BERT and 64/32 MRPC rows of tests/tiny_mrpc.py, file:// URIs) whose results
+every test reads:
   - the spec executed once: every task ran in DAG order and succeeded, the ExampleGen's pre-cache check fed its
     executor, every downstream input is what the upstream executor wrote, and the pushed model has the
-    signatures and answers of the model a local run (pipeline.run, LocalDagRunner) pushes from the same data
-    and seed;
+    signatures and answers of the model a local run (pipeline.run, LocalDagRunner: the session's shared
+    `tiny_mrpc_run`) pushes from the same data, backbone and training flags;
   - a degraded model (learning rate 1e-9, one epoch), compiled the same way and executed second against the same
     serving directory: its Evaluator compares it with the served model (the first execution's push), and it
     is neither blessed nor pushed, having failed the constant predictor's floor.
-The fixture takes 3 pipeline runs (two executed specs of 10 tasks, each task a fresh Python process, and one
-local run): see kubeflow/README.md for its timings. Apart from it, a spec whose GLUE files are missing stops at
-its first task, naming the task, its command and its log.
+The fixture takes 2 pipeline runs of its own (two executed specs of 10 tasks, each task a fresh Python process)
+and the shared local run: see kubeflow/README.md for its timings. Apart from it, a spec whose GLUE files are
+missing stops at its first task, naming the task, its command and its log.
 """
 import os
 import re
@@ -25,14 +26,10 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
 from kubeflow import launcher, runner
-from test_pipeline_e2e import MAX_SEQ_LENGTH, QUERIES, run_main, serialized_examples, write_mrpc
-from tiny_bert import write_tiny_bert
+from test_pipeline_e2e import QUERIES, serialized_examples
+from tiny_mrpc import EVAL_ROWS, TRAINING
 
 IMAGE = "adapter-bert-tfx:test"  # never pulled: the launcher double runs the commands in this virtualenv
-TRAIN_ROWS, EVAL_ROWS = 64, 32
-# test_pipeline_e2e's settings, under which the tiny model beats the constant predictor (F1 0.6667 on this dev set).
-TRAINING = ["--task", "mrpc", "--epochs", "10", "--batch_size", "16", "--learning_rate", "0.01",
-            "--max_seq_length", str(MAX_SEQ_LENGTH), "--bottleneck_size", "16", "--seed", "42"]
 DEGRADED = ["--learning_rate", "1e-9", "--epochs", "1"]  # after TRAINING: argparse keeps the last value
 
 
@@ -48,20 +45,15 @@ def served_versions(serving_dir: str) -> List[str]:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+def executed(tmp_path_factory: pytest.TempPathFactory, tiny_mrpc_run: types.SimpleNamespace) -> types.SimpleNamespace:
     root = tmp_path_factory.mktemp("kubeflow_execution")
-    # initializer_range 0.2: outputs that depend on the input, so equal answers mean equal models.
-    model_dir = write_tiny_bert(root / "tiny_bert", hidden_size=32, num_layers=2, initializer_range=0.2)
-    data_dir = write_mrpc(str(root / "glue"), {"train.tsv": TRAIN_ROWS, "dev.tsv": EVAL_ROWS})
+    # The local run's backbone (initializer_range 0.2: outputs that depend on the input, so equal answers mean
+    # equal models) and data; its training flags are TRAINING.
+    model_dir, data_dir = tiny_mrpc_run.model_dir, tiny_mrpc_run.data_dir
     serving_dir = str(root / "serving")
     spec = compile_spec(str(root / "spec.json"), str(root / "kfp"), data_dir, serving_dir, model_dir)
     first = launcher.run(spec, run_id="first")
     versions_after_first = served_versions(serving_dir)
-
-    local_serving_dir = str(root / "local_serving")
-    run_main([*TRAINING, "--model", model_dir, "--data_dir", data_dir, "--output_dir", str(root / "local"),
-              "--serving_dir", local_serving_dir])
-    (local_version,) = served_versions(local_serving_dir)
 
     degraded_spec = compile_spec(str(root / "degraded.json"), str(root / "kfp"), data_dir, serving_dir, model_dir,
                                  *DEGRADED)
@@ -69,7 +61,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         spec=launcher.load_spec(spec)[0], first=first, degraded=degraded, root=str(root), serving_dir=serving_dir,
         versions_after_first=versions_after_first, versions_after_degraded=served_versions(serving_dir),
-        local_pushed=os.path.join(local_serving_dir, "mrpc", local_version),
+        local_pushed=tiny_mrpc_run.pushed,
     )
 
 

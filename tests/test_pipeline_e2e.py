@@ -1,9 +1,9 @@
-"""End to end: the whole pipeline, run by `pipeline.run.main` exactly as the CLI runs it, on a small MRPC
+"""End to end: the whole pipeline, run by `python -m pipeline.run` exactly as a user runs it, on a small MRPC
 sample with a tiny random BERT; then the same command again, which must reuse the upstream outputs.
 
-Both runs happen in one module-scoped fixture (2.5-3.5 minutes wall, ~1.5 CPU-minutes, on a shared 2-core
-machine; the rerun is ~30 s of it) whose results every test reads; the first runs as its own process, the
-way a user runs `python -m pipeline.run`, so that its whole console (TensorFlow's C++ lines too) is seen:
+The first run is the session's shared one (tests/tiny_mrpc.py, the `tiny_mrpc_run` fixture: its own process, so
+that its whole console, TensorFlow's C++ lines too, is seen); the module-scoped fixture adds the rerun (~30 s)
+and every test reads both:
   - ML Metadata: every node of create_pipeline(...) has a COMPLETE execution in the run;
   - the Evaluator's metrics are the task's GLUE metrics, the model is blessed, the Pusher pushed it to
     <serving_dir>/mrpc/<version>/ and the summary table says all of it;
@@ -16,24 +16,16 @@ way a user runs `python -m pipeline.run`, so that its whole console (TensorFlow'
 import contextlib
 import io
 import os
-import random
 import re
-import subprocess
-import sys
 import types
-from typing import Dict, List, Tuple
+from typing import List
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tiny_bert import write_tiny_bert
+from tiny_mrpc import EVAL_ROWS, MAX_SEQ_LENGTH, TASK, TYPO_BEAM_FLAG
 
-TASK = "mrpc"
-MAX_SEQ_LENGTH = 32
-TRAIN_ROWS, EVAL_ROWS = 128, 32
-MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"
-TYPO_BEAM_FLAG = "--direct_num_wokers=2"
 # What the main command printed before pipeline/console.py (issue 16), on every run: not one should show.
 BENIGN_LINES = [
     "Unable to register cuFFT factory", "Unable to register cuDNN factory", "Unable to register cuBLAS factory",
@@ -48,14 +40,6 @@ BENIGN_LINES = [
 CACHEABLE = ("GlueExampleGen", "StatisticsGen", "GlueSchemaGen", "ExampleValidator", "DataGate", "TrainabilityGate",
              "Transform", "Trainer")
 
-SUBJECTS = ["The company", "The president", "Analysts", "The police", "Investors", "The court", "My father",
-            "The children", "Our school", "The government"]
-VERBS = ["said", "reported", "found", "thought", "heard", "told us", "decided", "noticed"]
-OBJECTS = ["sales rose five percent", "the river was cold", "the market fell", "the dog ran home",
-           "profit fell in the second quarter", "the answer was correct", "the city needs water",
-           "the old ship was ready", "the stock price went up", "the king left early"]
-TAILS = ["", "", " today", " yesterday", " last week", " in the morning", " after the war", " during the night"]
-
 # Sentence pairs for the serving checks: a paraphrase, unrelated sentences, one long enough to be truncated
 # at MAX_SEQ_LENGTH, words outside the vocabulary, upper case, quotes.
 QUERIES = [
@@ -64,53 +48,6 @@ QUERIES = [
     (" ".join(["the river was cold and the city needs water"] * 4) + ".", "The river was cold."),
     ("Zyxwv qqq \"Blorf\" 1234!", "THE KING LEFT EARLY."),
 ]
-
-
-def sentence(rng: random.Random, objects: List[str] = OBJECTS) -> str:
-    return f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(objects)}{rng.choice(TAILS)}."
-
-
-def paraphrase(rng: random.Random, text: str) -> str:
-    """The same statement reworded: reported speech turned around, or a different time phrase."""
-    body = text.rstrip(".")
-    for verb in VERBS:
-        if f" {verb} " in body:
-            subject, rest = body.split(f" {verb} ", 1)
-            return f"{rest[0].upper()}{rest[1:]}, {subject[0].lower()}{subject[1:]} {verb}."
-    return text
-
-
-def write_mrpc(data_dir: str, rows: Dict[str, int], seed: int = 0) -> str:
-    """<data_dir>/MRPC/{train,dev}.tsv in the original format: BOM, header, label, two ids, two sentences.
-
-    Label 1 (paraphrase): sentence2 rewords sentence1; label 0: an unrelated sentence. The first half of
-    OBJECTS only occurs in paraphrases, so a tiny model learns the label in a few steps (the release gate
-    blesses only a model that beats the constant predictor). Deterministic.
-    """
-    rng = random.Random(seed)
-    os.makedirs(os.path.join(data_dir, "MRPC"), exist_ok=True)
-    next_id = 1000
-    half = len(OBJECTS) // 2
-    for file_name, count in rows.items():
-        lines = [MRPC_HEADER]
-        for i in range(count):
-            label = i % 2
-            first = sentence(rng, OBJECTS[:half] if label else OBJECTS[half:])
-            second = paraphrase(rng, first) if label else sentence(rng, OBJECTS[half:])
-            lines.append(f"{label}\t{next_id}\t{next_id + 1}\t{first}\t{second}")
-            next_id += 2
-        with open(os.path.join(data_dir, "MRPC", file_name), "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(lines) + "\n")
-    return data_dir
-
-
-def run_cli(argv: List[str]) -> Tuple[str, str]:
-    """`python -m pipeline.run argv` in a new process, as a user runs it: (stdout, stderr)."""
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-m", "pipeline.run", *argv], cwd=repo_root, capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return result.stdout, result.stderr
 
 
 def run_main(argv: List[str]) -> str:
@@ -124,34 +61,26 @@ def run_main(argv: List[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+def e2e(tiny_mrpc_run: types.SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     from pipeline import run
     from pipeline.configs import PIPELINE_NAME
     from pipeline.pipeline import create_pipeline, pipeline_name_for
     from pipeline.runs import pipeline_runs
 
-    root = tmp_path_factory.mktemp("e2e")
-    # initializer_range 0.2: outputs that depend on the input, so comparing two models' answers means something.
-    model_dir = write_tiny_bert(root / "tiny_bert", hidden_size=32, num_layers=2, initializer_range=0.2)
-    data_dir = write_mrpc(str(root / "glue"), {"train.tsv": TRAIN_ROWS, "dev.tsv": EVAL_ROWS})
-    serving_dir, metadata_path = str(root / "serving"), str(root / "metadata.sqlite")
-    argv = ["--task", TASK, "--model", model_dir, "--data_dir", data_dir, "--output_dir", str(root / "out"),
-            "--serving_dir", serving_dir, "--metadata_path", metadata_path, "--epochs", "10", "--batch_size", "16",
-            "--learning_rate", "0.01", "--max_seq_length", str(MAX_SEQ_LENGTH), "--bottleneck_size", "16",
-            "--", TYPO_BEAM_FLAG]  # a real warning for the console test; Beam ignores the flag
-    first_summary, first_console = run_cli(argv)
-    second_summary = run_main(argv)
+    shared = tiny_mrpc_run
+    second_summary = run_main(shared.argv)
 
-    args, _ = run.parse_args(argv)
+    args, _ = run.parse_args(shared.argv)
     pipeline_name = pipeline_name_for(TASK, PIPELINE_NAME)
-    pipeline = create_pipeline(pipeline_name=pipeline_name, pipeline_root=str(root / "unused"), data_dir=data_dir,
-                               serving_dir=serving_dir, config=run.training_config(args))
-    runs = pipeline_runs(metadata_path, pipeline_name)
+    pipeline = create_pipeline(pipeline_name=pipeline_name, pipeline_root=str(tmp_path_factory.mktemp("unused")),
+                               data_dir=shared.data_dir, serving_dir=shared.serving_dir,
+                               config=run.training_config(args))
+    runs = pipeline_runs(shared.metadata_path, pipeline_name)
     assert len(runs) == 2, runs
     return types.SimpleNamespace(
-        model_dir=model_dir, serving_dir=serving_dir, node_ids=[c.id for c in pipeline.components],
+        model_dir=shared.model_dir, serving_dir=shared.serving_dir, node_ids=[c.id for c in pipeline.components],
         first=runs[0], second=runs[1],
-        first_summary=first_summary, second_summary=second_summary, first_console=first_console,
+        first_summary=shared.summary, second_summary=second_summary, first_console=shared.console,
     )
 
 

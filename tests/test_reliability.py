@@ -6,18 +6,19 @@
    and in create_pipeline nothing downstream (Transform, Trainer...) can run before DataGate.
 2. Bad configuration: `python -m pipeline.run` with each bad flag exits with "error: ..." before any work:
    no output directory, no pipeline root, no ML Metadata database.
-3-6 share one module-scoped sequence of real pipeline runs (tiny BERT, tiny synthetic MRPC-format data) on
-   the same output directory, metadata database and serving directory:
-     A. learnable data: the model learns (accuracy well above chance), is blessed and pushed;
-     C. training labels shuffled: killed with SIGKILL (whole process group) while the Trainer runs;
+3-6 share one module-scoped sequence of real pipeline runs (tiny BERT, tiny synthetic MRPC-format data):
+     A. learnable data: the model learns (accuracy well above chance), is blessed and pushed. This is the
+        session's shared run (tests/tiny_mrpc.py); C, D and E serve from a copy of its serving directory;
+     C. training labels shuffled, on an output directory and metadata database of its own: killed with
+        SIGKILL (whole process group) while the Trainer runs;
      D. the same command as C again: upstream outputs come from the cache; the Trainer's model is worse
         than A's, so it is not blessed and not pushed.
    3. interrupted run: C leaves its Trainer execution RUNNING in ML Metadata; D still completes, reusing
       (CACHED) ExampleGen, StatisticsGen and Transform; A's pushed version is byte for byte unchanged.
    5. regression: D is not blessed, not pushed; the serving directory still holds only A's version.
-     E. learnable data, learning rate 1e-9, another output directory (pipeline root, ML Metadata database)
-        sharing only the serving directory: its baseline is A's served version, and it is not blessed because
-        it does not beat the constant predictor; the summary says so with the numbers.
+     E. learnable data, learning rate 1e-9 for one epoch, another output directory (pipeline root, ML Metadata
+        database) sharing only the serving directory: its baseline is A's served version, and it is not blessed
+        because it does not beat the constant predictor; the summary says so with the numbers.
    6. serving input: A's pushed SavedModel's "predict_text" on empty, blank, emoji, Chinese, Arabic,
       Hindi, a 100,000-character text, a pair with one empty side, and a batch of 1,024 mixed inputs.
 4. Atomic push: components.pusher on a fake model: a complete version appears under a name TF Serving
@@ -30,6 +31,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,16 +45,11 @@ import tensorflow as tf
 
 from conftest import ancestors
 from pipeline.runs import PipelineRun, pipeline_runs
+from tiny_mrpc import (ANIMALS, EVAL_ROWS, FILLER, MAX_SEQ_LENGTH, TASK, TRAIN_ROWS, TRAINING, VEHICLES,
+                       synthetic_sentence, write_mrpc)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASK = "mrpc"
-MAX_SEQ_LENGTH = 32
 MAX_POSITIONS = 64  # of the tiny backbone: --max_seq_length 65 must be refused
-MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"
-# Words of tests/tiny_bert.py's vocabulary. Label 1: sentence1 is mostly about animals; label 0: about vehicles.
-ANIMALS = ("dog", "horse", "bird", "fish", "animal")
-VEHICLES = ("car", "boat", "plane", "ship", "machine")
-FILLER = ("the", "a", "on", "under", "big", "small", "red", "blue", "green", "old", "new", "near")
 RUN_TIMEOUT = 900
 
 
@@ -83,38 +80,6 @@ def write_tiny_bert(directory: str) -> str:
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump({"do_lower_case": True}, f)
     return directory
-
-
-def synthetic_sentence(rng: random.Random, topic: tuple) -> str:
-    words = [rng.choice(topic) if rng.random() < 0.6 else rng.choice(FILLER) for _ in range(rng.randint(4, 9))]
-    return " ".join(words) + " ."
-
-
-def write_mrpc(data_dir: str, train_rows: int, eval_rows: int, shuffle_train_labels: bool, seed: int) -> str:
-    """<data_dir>/MRPC/{train,dev}.tsv in the original format; the label is learnable from sentence1's topic.
-
-    shuffle_train_labels: the training labels are permuted (the dev labels stay right), so a model trained on
-    them is no better than chance on dev.
-    """
-    rng = random.Random(seed)
-    os.makedirs(os.path.join(data_dir, "MRPC"), exist_ok=True)
-    for file_name, count, shuffle in (("train.tsv", train_rows, shuffle_train_labels), ("dev.tsv", eval_rows, False)):
-        rows = []
-        for i in range(count):
-            label = i % 2
-            first = synthetic_sentence(rng, ANIMALS if label else VEHICLES)
-            second = synthetic_sentence(rng, FILLER + ANIMALS + VEHICLES)
-            rows.append([label, first, second])
-        if shuffle:
-            labels = [row[0] for row in rows]
-            rng.shuffle(labels)
-            for row, label in zip(rows, labels):
-                row[0] = label
-        lines = [MRPC_HEADER] + [f"{label}\t{1000 + 2 * i}\t{1001 + 2 * i}\t{a}\t{b}"
-                                 for i, (label, a, b) in enumerate(rows)]
-        with open(os.path.join(data_dir, "MRPC", file_name), "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(lines) + "\n")
-    return data_dir
 
 
 def snapshot(directory: str) -> Dict[str, str]:
@@ -463,28 +428,22 @@ def _wait_for(log_path: str, text: str, process: subprocess.Popen, timeout: floa
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_mrpc_run: types.SimpleNamespace) -> types.SimpleNamespace:
     root = tmp_path_factory.mktemp("runs")
-    model_dir = write_tiny_bert(str(root / "tiny_bert"))
-    good = write_mrpc(str(root / "good"), 256, 64, shuffle_train_labels=False, seed=0)
-    shuffled = write_mrpc(str(root / "shuffled"), 256, 64, shuffle_train_labels=True, seed=1)
-    serving_dir, metadata_path = str(root / "serving"), str(root / "out" / "metadata.sqlite")
-    common = ["--task", TASK, "--model", model_dir, "--output_dir", str(root / "out"), "--serving_dir", serving_dir,
-              "--max_seq_length", str(MAX_SEQ_LENGTH), "--batch_size", "16", "--epochs", "15",
-              "--learning_rate", "0.01", "--bottleneck_size", "16", "--no_bucketing", "--max_regression", "0.01"]
+    # A: learnable data, to completion (the shared run). C, D and E serve from a copy of its serving directory.
+    a = tiny_mrpc_run
+    after_a = snapshot(a.serving_dir)
+    serving_dir = str(root / "serving")
+    shutil.copytree(a.serving_dir, serving_dir)
+    assert snapshot(serving_dir) == after_a
+    shuffled = write_mrpc(str(root / "shuffled"), TRAIN_ROWS, EVAL_ROWS, shuffle_train_labels=True, seed=1)
+    metadata_path = str(root / "out" / "metadata.sqlite")
+    common = [*TRAINING, "--model", a.model_dir, "--output_dir", str(root / "out"), "--serving_dir", serving_dir,
+              "--no_bucketing", "--max_regression", "0.01"]
     timings = {}
 
     def log_file(name: str) -> str:
         return str(root / f"{name}.log")
-
-    # A: learnable data, to completion.
-    start = time.time()
-    with open(log_file("A"), "w") as log:
-        result = subprocess.run(cli(*common, "--data_dir", good), cwd=REPO_ROOT, env=cli_env(), stdout=log,
-                                stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT)
-    timings["A"] = time.time() - start
-    assert result.returncode == 0, open(log_file("A")).read()[-5000:]
-    after_a = snapshot(serving_dir)
 
     # C: shuffled labels, killed (SIGKILL, whole process group) once the Trainer's execution has started.
     start = time.time()
@@ -511,26 +470,27 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     timings["D"] = time.time() - start
     assert result.returncode == 0, open(log_file("D")).read()[-5000:]
     records = mrpc_runs(metadata_path)
-    assert len(records) == 3, len(records)
+    assert len(records) == 2, len(records)
     after_d = snapshot(serving_dir)
 
-    # E: learnable data again, but learning rate 1e-9 (the model stays at its random start), from another
-    # output directory (pipeline root and ML Metadata database) that shares only the serving directory.
+    # E: learnable data again, but learning rate 1e-9 for one epoch (the model stays at its random start), from
+    # another output directory (pipeline root and ML Metadata database) that shares only the serving directory.
     start = time.time()
     other_out = root / "other_out"
     e_flags = [f if f != str(root / "out") else str(other_out) for f in common]
     e_flags[e_flags.index("--learning_rate") + 1] = "1e-9"
+    e_flags[e_flags.index("--epochs") + 1] = "1"
     with open(log_file("E"), "w") as log:
-        result = subprocess.run(cli(*e_flags, "--data_dir", good), cwd=REPO_ROOT, env=cli_env(), stdout=log,
+        result = subprocess.run(cli(*e_flags, "--data_dir", a.data_dir), cwd=REPO_ROOT, env=cli_env(), stdout=log,
                                 stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT)
     timings["E"] = time.time() - start
     assert result.returncode == 0, open(log_file("E")).read()[-5000:]
     (e_record,) = mrpc_runs(str(other_out / "metadata.sqlite"))
     print("\npipeline run wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return types.SimpleNamespace(
-        serving_dir=serving_dir, after_a=after_a, after_kill=after_kill, after_d=after_d, after_e=snapshot(serving_dir),
-        a=records[0], c=records[1], d=records[2], e=e_record, killed_returncode=process.returncode,
-        a_log=open(log_file("A")).read(), d_log=open(log_file("D")).read(), e_log=open(log_file("E")).read(),
+        a_serving_dir=a.serving_dir, serving_dir=serving_dir, after_a=after_a, after_kill=after_kill, after_d=after_d,
+        after_e=snapshot(serving_dir), a=a.first, c=records[0], d=records[1], e=e_record,
+        killed_returncode=process.returncode, d_log=open(log_file("D")).read(), e_log=open(log_file("E")).read(),
         timings=timings,
     )
 
@@ -549,8 +509,8 @@ def test_first_run_learns_the_task_and_pushes_one_complete_version(runs) -> None
     pushed = runs.a.output("PushedModel").custom_properties
     version = pushed["pushed_version"].string_value
     assert pushed["pushed"].int_value == 1
-    assert pushed["pushed_destination"].string_value == os.path.join(runs.serving_dir, TASK, version)
-    assert os.listdir(os.path.join(runs.serving_dir, TASK)) == [version]
+    assert pushed["pushed_destination"].string_value == os.path.join(runs.a_serving_dir, TASK, version)
+    assert os.listdir(os.path.join(runs.a_serving_dir, TASK)) == [version]
     assert f"{TASK}/{version}/saved_model.pb" in runs.after_a
     assert any(path.startswith(f"{TASK}/{version}/variables/variables.data") for path in runs.after_a)
 
@@ -584,7 +544,8 @@ def test_a_worse_model_is_neither_blessed_nor_pushed_and_serving_keeps_the_previ
 
 def test_the_served_model_is_the_baseline_whichever_run_pushed_it(runs) -> None:
     """E shares only the serving directory with A-D: its baseline is still A's served version."""
-    served = runs.a.output("PushedModel").custom_properties["pushed_destination"].string_value
+    version = runs.a.output("PushedModel").custom_properties["pushed_version"].string_value
+    served = os.path.join(runs.serving_dir, TASK, version)  # A's push, in the copy of A's serving directory C-E use
     blessing = runs.e.output("ModelBlessing").custom_properties
     assert blessing["served_baseline"].string_value == served
     assert _evaluation(runs.e, "baseline") == pytest.approx(_evaluation(runs.a))  # A's model on the same data
