@@ -59,7 +59,7 @@ import transformers
 
 from modules import backbone as backbone_lib
 from modules.adapters import AdapterConfig
-from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
+from modules.glue import BUNDLE_GENERIC_SIGNATURE, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task
 from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE
 from modules.model import (
     ADAPTER_WEIGHTS_FILE,
@@ -71,7 +71,7 @@ from modules.model import (
 )
 from modules.preprocessing import BertPairTokenizer
 
-GENERIC_SIGNATURE = "predict"
+GENERIC_SIGNATURE = BUNDLE_GENERIC_SIGNATURE  # no task spec may take this name (modules/glue.py)
 ALL_TASKS_SIGNATURE = "all_tasks"
 TASK_INPUT = "task"
 OUTPUT_NUM_LABELS = "num_labels"

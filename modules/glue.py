@@ -8,7 +8,8 @@ tasks are nine built-in specs of the same kind (GLUE_SPECS), looked up by name w
 
 Spec fields (README.md, "Bring your own data", has a full example):
   name          lower-case letters, digits and dashes, starting with a letter ("tickets"); names the
-                pipeline, the serving directory and a bundle's signature. Not one of the GLUE names.
+                pipeline, the serving directory and a bundle's signature. Not one of the GLUE names, nor
+                "predict" (a bundle's generic signature).
   files         split -> file: "train" and "eval" (labeled) are required; more labeled splits are named
                 "eval_<x>", unlabeled ones "test" or "test_<x>". Relative paths are resolved against
                 --data_dir when given, else against the spec file's directory; gs:// and other URIs work.
@@ -56,6 +57,7 @@ REGRESSION = "regression"
 CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "mcc")
 REGRESSION_METRICS = ("pearson", "spearman")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+BUNDLE_GENERIC_SIGNATURE = "predict"  # a task name in a bundle is a signature name too: this one is taken
 _SPLIT = re.compile(r"^(train|eval|eval_[a-z0-9_]+|test|test_[a-z0-9_]+)$")
 _REQUIRED_FIELDS = ("name", "files", "text_a", "label", "labels", "metrics")
 _OPTIONAL_FIELDS = ("format", "columns", "test_columns", "text_b", "positive_label", "score_range", "directory")
@@ -218,6 +220,8 @@ class _SpecReader:
         name = self.string("name")
         if not _NAME.match(name):
             self.fail("name", "lower-case letters, digits and dashes, starting with a letter", name)
+        if name == BUNDLE_GENERIC_SIGNATURE:
+            self.fail("name", f"another name: a multi-task bundle serves every task under {name!r}", name)
         file_format = self.spec.get("format", "tsv")
         if file_format not in FORMATS:
             self.fail("format", f"one of {', '.join(FORMATS)}", file_format)

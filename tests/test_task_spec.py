@@ -80,6 +80,7 @@ def test_label_values_may_be_numbers_and_are_matched_as_text(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"name": "Tickets"}, "field 'name': expected lower-case letters, digits and dashes"),
     ({"name": "rte"}, "field 'name': 'rte' is a built-in GLUE task"),
+    ({"name": "predict"}, "field 'name': expected another name: a multi-task bundle serves every task under 'predict'"),
     ({"format": "xlsx"}, "field 'format': expected one of tsv, csv, jsonl, got 'xlsx'"),
     ({"files": {"train": "t.jsonl"}}, "field 'files': expected a 'eval' file"),
     ({"files": {"train": "t", "eval": "e", "holdout": "h"}}, "field 'files': expected split names train, eval"),
