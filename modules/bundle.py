@@ -274,7 +274,7 @@ class BundleModule(tf.Module):
             self._py.model_functions[name] = logits
         return self._py.model_functions[name]
 
-    def shared_prefixes(self) -> List["SharedPrefix"]:
+    def shared_prefixes(self) -> List[SharedPrefix]:
         """The tasks grouped by the tokens they read; in each group, the AdapterDrop tasks share the embeddings
         and the lowest min(K) layers, which none of them adapted."""
         grouped: Dict[tuple, List[str]] = {}
@@ -305,7 +305,8 @@ class BundleModule(tf.Module):
                     logits = model.above_prefix(hidden_states, features["attention_mask"], depth=prefix.layers)
                 else:
                     logits = model(features, training=False)
-                outputs.update({f"{name}/{key}": value for key, value in predict_outputs(self.tasks[name], logits).items()})
+                for key, value in predict_outputs(self.tasks[name], logits).items():
+                    outputs[f"{name}/{key}"] = value
         return outputs
 
     def all_tasks_signature(self) -> tf.types.experimental.ConcreteFunction:
