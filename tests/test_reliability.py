@@ -27,7 +27,6 @@
 """
 import errno
 import hashlib
-import json
 import os
 import random
 import re
@@ -45,6 +44,7 @@ import tensorflow as tf
 
 from conftest import ancestors
 from pipeline.runs import PipelineRun, pipeline_runs
+from tiny_bert import write_tiny_bert
 from tiny_mrpc import (ANIMALS, EVAL_ROWS, FILLER, MAX_SEQ_LENGTH, TASK, TRAIN_ROWS, TRAINING, VEHICLES,
                        synthetic_sentence, write_mrpc)
 
@@ -54,33 +54,6 @@ RUN_TIMEOUT = 900
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-def write_tiny_bert(directory: str) -> str:
-    """A tiny random BERT (hidden 32, 2 layers) that adapters can actually train.
-
-    tests/tiny_bert.py's vocabulary and file layout, but initializer_range 0.2 instead of BERT's 0.02: with
-    0.02 and hidden size 32, attention barely mixes tokens and the [CLS] state is nearly the same for every
-    input (std ~0.002), so no label is learnable through adapters.
-    """
-    import tf_keras as keras
-    import transformers
-
-    from modules.backbone import build_backbone
-    from tiny_bert import vocabulary
-
-    os.makedirs(directory, exist_ok=True)
-    vocab = vocabulary()
-    keras.utils.set_random_seed(0)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64,
-                                     max_position_embeddings=MAX_POSITIONS, initializer_range=0.2)
-    build_backbone(config).save_pretrained(directory)
-    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"do_lower_case": True}, f)
-    return directory
-
 
 def snapshot(directory: str) -> Dict[str, str]:
     """Relative path -> SHA-256 of every file (and '<dir>/' for every directory) under directory."""
@@ -195,7 +168,7 @@ def small_inputs(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamesp
     with open(os.path.join(roberta, "vocab.txt"), "w") as f:
         f.write("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
     return types.SimpleNamespace(
-        model=write_tiny_bert(str(root / "tiny_bert")), roberta=roberta,
+        model=write_tiny_bert(root / "tiny_bert", max_position_embeddings=MAX_POSITIONS), roberta=roberta,
         data_dir=write_mrpc(str(root / "glue"), 8, 4, shuffle_train_labels=False, seed=0), root=root,
     )
 
