@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from typing import Dict, List
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -59,7 +58,6 @@ def main() -> None:
     from bench.serving_latency import pairs
 
     started = common.machine_state()
-    import numpy as np
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the tokenizer's custom ops, needed to load the SavedModels)
 
@@ -73,24 +71,18 @@ def main() -> None:
             loaded = tf.saved_model.load(saved_bundle(list(TASKS[:n]), k, scratch))
             tasks = TASKS[:n]
 
-            def all_tasks(a, b):
+            def all_tasks(inputs):
+                a, b = inputs
                 return [v.numpy() for v in loaded.signatures["all_tasks"](sentence1=a, sentence2=b).values()]
 
-            def per_task(a, b):
+            def per_task(inputs):
+                a, b = inputs
                 return [v.numpy() for t in tasks for v in loaded.signatures[t](sentence1=a, sentence2=b).values()]
 
             variants = {"all_tasks": all_tasks, "per_task": per_task}
-            for fn in variants.values():  # warm-up
-                for a, b in one[:3]:
-                    fn(a, b)
-            latency: Dict[str, List[float]] = {name: [] for name in variants}
-            for a, b in one:
-                for name, fn in variants.items():
-                    start = time.perf_counter()
-                    fn(a, b)
-                    latency[name].append(1000 * (time.perf_counter() - start))
-            stats = {name: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)), "values_ms": v}
-                     for name, v in latency.items()}
+            common.alternating_latency_ms(variants, one[:3])  # warm-up
+            latency = common.alternating_latency_ms(variants, one)
+            stats = {name: {**common.latency_stats(v), "values_ms": v} for name, v in latency.items()}
             ratio = stats["all_tasks"]["median_ms"] / stats["per_task"]["median_ms"]
             results[f"{n} tasks, K={k}"] = {"tasks": list(tasks), "adapter_drop": k, **stats, "ratio": ratio}
             rows.append([n, k, stats["all_tasks"]["median_ms"], stats["per_task"]["median_ms"],

@@ -124,6 +124,24 @@ def interleave(variants: Dict[str, Callable[[], float]], repeats: int, log: Call
     return values
 
 
+def alternating_latency_ms(calls: Dict[str, Callable[[Any], Any]], inputs: Sequence[Any]) -> Dict[str, List[float]]:
+    """Milliseconds of every call on every input, the calls alternating input by input (A, B, A, B, ...)."""
+    latency: Dict[str, List[float]] = {name: [] for name in calls}
+    for value in inputs:
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(value)
+            latency[name].append(1000 * (time.perf_counter() - start))
+    return latency
+
+
+def latency_stats(values_ms: Sequence[float]) -> Dict[str, float]:
+    import numpy as np
+
+    return {"median_ms": float(np.median(values_ms)), "p95_ms": float(np.percentile(values_ms, 95)),
+            "calls": len(values_ms)}
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

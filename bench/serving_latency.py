@@ -81,7 +81,6 @@ def main() -> None:
     from bench import common
 
     started = common.machine_state()
-    import numpy as np
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the tokenizer's custom ops, needed to load the SavedModels)
     from modules import backbone, trainer
@@ -110,12 +109,9 @@ def main() -> None:
         for a, b in one[:3] + batches[:1]:
             sig(sentence1=a, sentence2=b)["probabilities"].numpy()
 
-    latency = {name: [] for name in signatures}
-    for a, b in one:
-        for name, sig in signatures.items():
-            start = time.perf_counter()
-            sig(sentence1=a, sentence2=b)["probabilities"].numpy()
-            latency[name].append(1000 * (time.perf_counter() - start))
+    latency = common.alternating_latency_ms(
+        {name: (lambda inputs, sig=sig: sig(sentence1=inputs[0], sentence2=inputs[1])["probabilities"].numpy())
+         for name, sig in signatures.items()}, one)
 
     def batch_rate(sig) -> float:
         start = time.perf_counter()
@@ -124,8 +120,7 @@ def main() -> None:
         return 32 * len(batches) / (time.perf_counter() - start)
 
     throughput = common.interleave({n: (lambda s=s: batch_rate(s)) for n, s in signatures.items()}, args.batch_repeats)
-    stats = {n: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)), "calls": len(v)}
-             for n, v in latency.items()}
+    stats = {n: common.latency_stats(v) for n, v in latency.items()}
     tput = {n: {"values": v, "median": common.median(v)} for n, v in throughput.items()}
     ratios = {}
     for a, p in (("adapter", "plain"), ("adapter_fixed128", "plain_fixed128"), ("adapter_k3", "plain")):
