@@ -43,6 +43,7 @@ from modules.bundle import (
     save_bundle,
 )
 from modules.glue import GlueTask, canonical_name
+from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE
 
 BUNDLE_NAME = "glue_bundle"
 MANIFEST_FILE = os.path.join("assets.extra", "bundle.json")  # TF Serving ignores assets.extra
@@ -142,7 +143,8 @@ def backbone_of(adapter_sets: Sequence[TaskAdapters], model: Optional[str]) -> s
 
 
 def task_outputs(task: GlueTask) -> List[str]:
-    return ["score"] if task.is_regression else ["probabilities", "label", "label_name"]
+    """The outputs of a task's signature (modules.trainer.predict_outputs)."""
+    return [OUTPUT_SCORE] if task.is_regression else [OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_LABEL_NAME]
 
 
 def manifest(module: BundleModule, model: str, adapter_sets: Sequence[TaskAdapters],
