@@ -1,4 +1,4 @@
-"""Compares AdapterHub's MRPC dev outputs (bench/adapterhub_mrpc.py score --save_logits) with a served model's.
+"""Compares AdapterHub's MRPC dev outputs (bench/adapterhub_glue.py score --save_logits) with a served model's.
 
     .venv/bin/python -m bench.adapterhub_compare SAVED_MODEL_DIR ADAPTERHUB_LOGITS.npy
 

