@@ -16,6 +16,8 @@ The plan (same epoch budget for every row of one invocation, `--epochs`; the tab
   bf16        MRPC and RTE adapters trained with --precision mixed_bfloat16 (does the faster arithmetic cost accuracy?)
   drops       with `--adapter_drops K ...`: the adapters' main runs at each AdapterDrop K (no adapters in the
               lowest K layers; issue 17's question: how many layers can go before accuracy drops beyond seed noise)
+  frozen LN   with `--freeze_layer_norms`: the adapters' main runs with the encoder's layer norms frozen, as
+              AdapterHub's train_adapter does (issue 15's comparison with AdapterHub)
 SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`, or `all`), evaluated on all
 of dev. The issue-15 table: `--epochs 10 --methods adapters --main_only --only mrpc rte cola stsb`,
 `--epochs 3 --methods full --only mrpc rte cola stsb`, `--epochs 2 --only sst2 --seeds 42 --main_only
@@ -59,30 +61,36 @@ class Run:
     bottleneck_size: int = BOTTLENECK
     precision: str = "float32"
     adapter_drop: int = 0  # AdapterDrop: no adapters in the lowest K layers
+    freeze_layer_norms: bool = False
 
     @property
     def key(self) -> str:
         size = "" if self.method == "full" else f"-b{self.bottleneck_size}"
         precision = "" if self.precision == "float32" else f"-{self.precision}"
         drop = f"-drop{self.adapter_drop}" if self.adapter_drop else ""
-        return f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}{precision}{drop}-s{self.seed}"
+        frozen = "-frozenln" if self.freeze_layer_norms else ""
+        return f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}{precision}{drop}{frozen}-s{self.seed}"
 
     def flags(self, epochs: int) -> List[str]:
         flags = ["--task", self.task, "--epochs", str(epochs), "--seed", str(self.seed),
                  "--learning_rate", f"{self.learning_rate:g}", "--precision", self.precision]
         if self.adapter_drop:
             flags += ["--adapter_drop", str(self.adapter_drop)]
+        if self.freeze_layer_norms:
+            flags.append("--freeze_layer_norms")
         return flags + (["--full_finetune"] if self.method == "full" else ["--bottleneck_size", str(self.bottleneck_size)])
 
 
 def plan(seeds: Sequence[int], tasks: Sequence[str], methods: Sequence[str], main_only: bool,
-         drops: Sequence[int] = (0,)) -> List[Run]:
+         drops: Sequence[int] = (0,), freeze_layer_norms: bool = False) -> List[Run]:
     """Every run, most informative first: the main settings seed by seed (a sweep cut short still has whole
-    seeds; adapters at each AdapterDrop K of `drops`), then the first seed's grid of bottleneck sizes and
-    learning rates and bfloat16 (unless main_only)."""
+    seeds; adapters at each AdapterDrop K of `drops`, layer norms frozen if asked), then the first seed's grid
+    of bottleneck sizes and learning rates and bfloat16 (unless main_only)."""
     lr = {"adapters": ADAPTER_LR, "full": FULL_LR}
-    runs = [Run(task, method, seed, lr[method], adapter_drop=drop) for seed in seeds for task in tasks
-            for method in methods for drop in (drops if method == "adapters" else (0,))]
+    runs = [Run(task, method, seed, lr[method], adapter_drop=drop, freeze_layer_norms=freeze_layer_norms)
+            if method == "adapters" else Run(task, method, seed, lr[method])
+            for seed in seeds for task in tasks for method in methods
+            for drop in (drops if method == "adapters" else (0,))]
     if main_only or "adapters" not in methods or "mrpc" not in tasks:
         return runs
     first = seeds[0]
@@ -183,6 +191,8 @@ def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
             size = f"{size}, {row['precision']}"
         if row.get("adapter_drop", 0):
             size = f"{size}, AdapterDrop {row['adapter_drop']}"
+        if row.get("freeze_layer_norms", False):
+            size = f"{size}, layer norms frozen"
         key = (row["task"], row["method"], size, row["learning_rate"], row["epochs"], row["train_examples"])
         grouped.setdefault(key, []).append(row)
     return grouped
@@ -238,7 +248,8 @@ def drop_table(rows: List[Dict[str, Any]]) -> None:
     grouped: Dict[tuple, List[float]] = {}
     for row in rows:
         if row["method"] == "adapters" and row["bottleneck_size"] == BOTTLENECK and row["learning_rate"] == ADAPTER_LR \
-                and row.get("precision", "float32") == "float32" and row["train_examples"] == "all":
+                and row.get("precision", "float32") == "float32" and row["train_examples"] == "all" \
+                and not row.get("freeze_layer_norms", False):
             key = (row["task"], row["epochs"], row.get("adapter_drop", 0))
             grouped.setdefault(key, []).append(row["metrics"][main_metric(row["task"])])
     budgets = sorted({(task, epochs) for task, epochs, drop in grouped if drop},
@@ -327,6 +338,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="only the main settings (no bottleneck, learning-rate or bfloat16 grid)")
     parser.add_argument("--adapter_drops", type=int, nargs="+", default=[0], metavar="K",
                         help="the adapters' main runs at each of these AdapterDrop K (default: 0, adapters in every layer)")
+    parser.add_argument("--freeze_layer_norms", action="store_true",
+                        help="the adapters' main runs with the encoder's layer norms frozen (AdapterHub's choice)")
     parser.add_argument("--sst2_train_examples", type=lambda v: None if v == "all" else int(v), default=20_000,
                         help="a fixed random subset of SST-2's 67,349 training examples, or 'all'")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "accuracy"))
@@ -339,7 +352,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 sys.exit(f"error: {GLUE_DIR}/{directory}/train.tsv not found (set GLUE_DIR to the GLUE data).")
         sst2_train = args.sst2_train_examples or "all"
         done = {(r["key"], r["epochs"], r["train_examples"]) for r in results["runs"]}
-        todo = [r for r in plan(args.seeds, args.only or list(TASK_DIRS), args.methods, args.main_only, args.adapter_drops)
+        todo = [r for r in plan(args.seeds, args.only or list(TASK_DIRS), args.methods, args.main_only, args.adapter_drops,
+                                args.freeze_layer_norms)
                 if (r.key, args.epochs, sst2_train if r.task == "sst2" else "all") not in done]
         sst2_dir = sst2_data_dir(os.path.join(args.output_dir, "data"), args.sst2_train_examples)
         for i, run in enumerate(todo[:args.max_runs]):
