@@ -149,8 +149,8 @@ def train(args: argparse.Namespace) -> Dict:
                         **{f"dev_{k}": v for k, v in evaluate(model, tokenizer, args.task, args.save_logits).items() if k != "examples"}})
         print(json.dumps(history[-1]), flush=True)
     model.save_adapter(args.out_dir, args.task)
-    return {"command": "train", "task": args.task, "seed": args.seed, "out_dir": args.out_dir, "epochs": args.epochs, "train_examples": len(labels),
-            "train_subset": bool(args.train_examples),
+    return {"command": "train", "task": args.task, "seed": args.seed, "out_dir": args.out_dir, "epochs": args.epochs,
+            "train_examples": len(labels), "train_subset": bool(args.train_examples),
             "trainable_parameters": sum(p.numel() for _, p in trainable), "history": history,
             "seconds": time.time() - started}
 

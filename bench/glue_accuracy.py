@@ -90,10 +90,10 @@ def plan(seeds: Sequence[int], tasks: Sequence[str], methods: Sequence[str], mai
     seeds; adapters at each AdapterDrop K of `drops`, layer norms frozen if asked), then the first seed's grid
     of bottleneck sizes and learning rates and bfloat16 (unless main_only)."""
     lr = {"adapters": ADAPTER_LR, "full": FULL_LR}
-    runs = [Run(task, method, seed, lr[method], adapter_drop=drop, freeze_layer_norms=freeze_layer_norms)
-            if method == "adapters" else Run(task, method, seed, lr[method])
-            for seed in seeds for task in tasks for method in methods
-            for drop in (drops if method == "adapters" else (0,))]
+    variants = {"adapters": [{"adapter_drop": drop, "freeze_layer_norms": freeze_layer_norms} for drop in drops],
+                "full": [{}]}
+    runs = [Run(task, method, seed, lr[method], **variant) for seed in seeds for task in tasks for method in methods
+            for variant in variants[method]]
     if main_only or "adapters" not in methods or "mrpc" not in tasks:
         return runs
     first = seeds[0]
@@ -185,17 +185,27 @@ def main_metric(task: str) -> str:
     return get_task(task).main_metric
 
 
+def adapter_setting(size: int, precision: str = "float32", adapter_drop: int = 0,
+                    freeze_layer_norms: bool = False) -> Any:
+    """The adapters' column of a setting: the bottleneck size, with any variant of the main recipe spelled out."""
+    label = str(size)
+    if precision != "float32":
+        label += f", {precision}"
+    if adapter_drop:
+        label += f", AdapterDrop {adapter_drop}"
+    if freeze_layer_norms:
+        label += ", layer norms frozen"
+    return size if label == str(size) else label
+
+
 def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
-    """Rows of the same setting (task, method, bottleneck, learning rate, epochs, train examples) across seeds."""
+    """Rows of the same setting (task, method, bottleneck and variant, learning rate, epochs, train examples)
+    across seeds."""
     grouped: Dict[tuple, List[Dict[str, Any]]] = {}
     for row in rows:
-        size = None if row["method"] == "full" else row["bottleneck_size"]
-        if row.get("precision", "float32") != "float32":
-            size = f"{size}, {row['precision']}"
-        if row.get("adapter_drop", 0):
-            size = f"{size}, AdapterDrop {row['adapter_drop']}"
-        if row.get("freeze_layer_norms", False):
-            size = f"{size}, layer norms frozen"
+        size = None if row["method"] == "full" else adapter_setting(
+            row["bottleneck_size"], row.get("precision", "float32"), row.get("adapter_drop", 0),
+            row.get("freeze_layer_norms", False))
         key = (row["task"], row["method"], size, row["learning_rate"], row["epochs"], row["train_examples"])
         grouped.setdefault(key, []).append(row)
     return grouped
@@ -248,13 +258,10 @@ def drop_table(rows: List[Dict[str, Any]]) -> None:
     drops = sorted({r.get("adapter_drop", 0) for r in rows})
     if drops == [0]:
         return
-    grouped: Dict[tuple, List[float]] = {}
-    for row in rows:
-        if row["method"] == "adapters" and row["bottleneck_size"] == BOTTLENECK and row["learning_rate"] == ADAPTER_LR \
-                and row.get("precision", "float32") == "float32" and row["train_examples"] == "all" \
-                and not row.get("freeze_layer_norms", False):
-            key = (row["task"], row["epochs"], row.get("adapter_drop", 0))
-            grouped.setdefault(key, []).append(row["metrics"][main_metric(row["task"])])
+    settings = {adapter_setting(BOTTLENECK, adapter_drop=drop): drop for drop in drops}
+    grouped = {(task, epochs, settings[size]): [m["metrics"][main_metric(task)] for m in members]
+               for (task, method, size, lr, epochs, train), members in groups(rows).items()
+               if method == "adapters" and size in settings and lr == ADAPTER_LR and train == "all"}
     budgets = sorted({(task, epochs) for task, epochs, drop in grouped if drop},
                      key=lambda budget: (list(TASK_DIRS).index(budget[0]), budget[1]))
     print_table(["task", "epochs"] + [f"K = {drop}" for drop in drops],
