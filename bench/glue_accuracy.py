@@ -271,14 +271,15 @@ def drop_table(rows: List[Dict[str, Any]]) -> None:
 
 
 def adapterhub_measured() -> Dict[str, List[float]]:
-    """Task -> final dev main metric of each AdapterHub run of bench/adapterhub_glue.py at the adapters' budget."""
+    """Task -> final dev main metric of each AdapterHub run of bench/adapterhub_glue.py at the adapters' budget
+    (adapters in every layer)."""
     if not os.path.exists(ADAPTERHUB_RESULTS):
         return {}
     with open(ADAPTERHUB_RESULTS) as f:
         runs = json.load(f)["runs"]
     measured: Dict[str, List[float]] = {}
     for run in runs:
-        if run["epochs"] == HEADLINE["adapters"][0] and not run["train_subset"]:
+        if run["epochs"] == HEADLINE["adapters"][0] and not run["train_subset"] and not run.get("adapter_drop"):
             measured.setdefault(run["task"], []).append(run["history"][-1][f"dev_{main_metric(run['task'])}"])
     return measured
 
