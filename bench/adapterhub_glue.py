@@ -44,7 +44,7 @@ GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "g
 LAYER_NORMS_FILE = "encoder_layer_norms.safetensors"
 MAX_LENGTH, BATCH_SIZE = 128, 32
 sys.path.insert(0, REPO_ROOT)  # task descriptions and machine state: both modules need only the standard library
-from bench.common import machine_state  # noqa: E402
+from bench.common import machine_state, write_json  # noqa: E402
 from modules.glue import get_task  # noqa: E402
 
 # Sentence-pair tasks with header lines, run here; a score (STS-B) trains AdapterHub's one-output head with mean
@@ -184,10 +184,7 @@ def append_result(path: str, result: Dict) -> None:
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
                             "machine_state": machine_state(),
                             "adapters": adapters.__version__, "torch": torch.__version__})
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json(path, results)
 
 
 def main() -> None:

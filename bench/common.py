@@ -152,8 +152,16 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return text
 
 
+def write_json(path: str, data: Dict[str, Any]) -> None:
+    """Writes a results file whole or not at all (an interrupted run never leaves half a JSON behind)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2, default=float)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
 def write_results(name: str, results: Dict[str, Any], started: Dict[str, Any]) -> str:
-    os.makedirs(RESULTS_DIR, exist_ok=True)
     payload = {
         "benchmark": name,
         "command": command(),
@@ -165,8 +173,6 @@ def write_results(name: str, results: Dict[str, Any], started: Dict[str, Any]) -
         **results,
     }
     path = os.path.join(RESULTS_DIR, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False, default=float)
-        f.write("\n")
+    write_json(path, payload)
     print(f"wrote {os.path.relpath(path, REPO_ROOT)}")
     return path

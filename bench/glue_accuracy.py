@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from bench.common import GLUE_DIR, REPO_ROOT, RESULTS_DIR, machine_state, print_table, trainer_epochs
+from bench.common import GLUE_DIR, REPO_ROOT, RESULTS_DIR, machine_state, print_table, trainer_epochs, write_json
 
 RESULTS = os.path.join(RESULTS_DIR, "glue_accuracy.json")
 PLOT = os.path.join(REPO_ROOT, "docs", "accuracy_vs_parameters.png")
@@ -172,11 +172,7 @@ def load_results() -> Dict[str, Any]:
 
 
 def save_results(results: Dict[str, Any]) -> None:
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(RESULTS + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(RESULTS + ".tmp", RESULTS)
+    write_json(RESULTS, results)
 
 
 def main_metric(task: str) -> str:
