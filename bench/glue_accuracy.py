@@ -18,8 +18,6 @@ The plan (same epoch budget for every row of one invocation, `--epochs`; the tab
               lowest K layers; issue 17's question: how many layers can go before accuracy drops beyond seed noise)
   frozen LN   with `--freeze_layer_norms`: the adapters' main runs with the encoder's layer norms frozen, as
               AdapterHub's train_adapter does (issue 15's comparison with AdapterHub)
-  no cache    with `--adapter_drops K --no_prefix_cache`: those runs without the cached frozen prefix, whose
-              lowest K layers then train with dropout as at K = 0 (is an accuracy cost AdapterDrop's or the cache's?)
 SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`, or `all`), evaluated on all
 of dev. The issue-15 table: `--epochs 10 --methods adapters --main_only --only mrpc rte cola stsb`,
 `--epochs 3 --methods full --only mrpc rte cola stsb`, `--epochs 2 --only sst2 --seeds 42 --main_only
@@ -67,7 +65,6 @@ class Run:
     precision: str = "float32"
     adapter_drop: int = 0  # AdapterDrop: no adapters in the lowest K layers
     freeze_layer_norms: bool = False
-    prefix_cache: bool = True  # with adapter_drop > 0: the frozen prefix computed once (the Trainer's default)
 
     @property
     def key(self) -> str:
@@ -75,30 +72,25 @@ class Run:
         precision = "" if self.precision == "float32" else f"-{self.precision}"
         drop = f"-drop{self.adapter_drop}" if self.adapter_drop else ""
         frozen = "-frozenln" if self.freeze_layer_norms else ""
-        uncached = "" if self.prefix_cache else "-nocache"
-        return (f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}{precision}{drop}{uncached}{frozen}"
-                f"-s{self.seed}")
+        return f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}{precision}{drop}{frozen}-s{self.seed}"
 
     def flags(self, epochs: int) -> List[str]:
         flags = ["--task", self.task, "--epochs", str(epochs), "--seed", str(self.seed),
                  "--learning_rate", f"{self.learning_rate:g}", "--precision", self.precision]
         if self.adapter_drop:
             flags += ["--adapter_drop", str(self.adapter_drop)]
-            if not self.prefix_cache:
-                flags.append("--no_prefix_cache")
         if self.freeze_layer_norms:
             flags.append("--freeze_layer_norms")
         return flags + (["--full_finetune"] if self.method == "full" else ["--bottleneck_size", str(self.bottleneck_size)])
 
 
 def plan(seeds: Sequence[int], tasks: Sequence[str], methods: Sequence[str], main_only: bool,
-         drops: Sequence[int] = (0,), freeze_layer_norms: bool = False, prefix_cache: bool = True) -> List[Run]:
+         drops: Sequence[int] = (0,), freeze_layer_norms: bool = False) -> List[Run]:
     """Every run, most informative first: the main settings seed by seed (a sweep cut short still has whole
     seeds; adapters at each AdapterDrop K of `drops`, layer norms frozen if asked), then the first seed's grid
     of bottleneck sizes and learning rates and bfloat16 (unless main_only)."""
     lr = {"adapters": ADAPTER_LR, "full": FULL_LR}
-    variants = {"adapters": [{"adapter_drop": drop, "freeze_layer_norms": freeze_layer_norms,
-                              "prefix_cache": prefix_cache or not drop} for drop in drops],
+    variants = {"adapters": [{"adapter_drop": drop, "freeze_layer_norms": freeze_layer_norms} for drop in drops],
                 "full": [{}]}
     runs = [Run(task, method, seed, lr[method], **variant) for seed in seeds for task in tasks for method in methods
             for variant in variants[method]]
@@ -190,13 +182,13 @@ def main_metric(task: str) -> str:
 
 
 def adapter_setting(size: int, precision: str = "float32", adapter_drop: int = 0,
-                    freeze_layer_norms: bool = False, prefix_cache: bool = True) -> Any:
+                    freeze_layer_norms: bool = False) -> Any:
     """The adapters' column of a setting: the bottleneck size, with any variant of the main recipe spelled out."""
     label = str(size)
     if precision != "float32":
         label += f", {precision}"
     if adapter_drop:
-        label += f", AdapterDrop {adapter_drop}" + ("" if prefix_cache else " without the prefix cache")
+        label += f", AdapterDrop {adapter_drop}"
     if freeze_layer_norms:
         label += ", layer norms frozen"
     return size if label == str(size) else label
@@ -209,7 +201,7 @@ def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
     for row in rows:
         size = None if row["method"] == "full" else adapter_setting(
             row["bottleneck_size"], row.get("precision", "float32"), row.get("adapter_drop", 0),
-            row.get("freeze_layer_norms", False), row.get("prefix_cache", True))
+            row.get("freeze_layer_norms", False))
         key = (row["task"], row["method"], size, row["learning_rate"], row["epochs"], row["train_examples"])
         grouped.setdefault(key, []).append(row)
     return grouped
@@ -369,9 +361,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="the adapters' main runs at each of these AdapterDrop K (default: 0, adapters in every layer)")
     parser.add_argument("--freeze_layer_norms", action="store_true",
                         help="the adapters' main runs with the encoder's layer norms frozen (AdapterHub's choice)")
-    parser.add_argument("--no_prefix_cache", action="store_true",
-                        help="the AdapterDrop runs (K > 0) without the cached frozen prefix (its dropout-free prefix "
-                             "against AdapterDrop alone)")
     parser.add_argument("--sst2_train_examples", type=lambda v: None if v == "all" else int(v), default=20_000,
                         help="a fixed random subset of SST-2's 67,349 training examples, or 'all'")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "accuracy"))
@@ -385,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sst2_train = args.sst2_train_examples or "all"
         done = {(r["key"], r["epochs"], r["train_examples"]) for r in results["runs"]}
         todo = [r for r in plan(args.seeds, args.only or list(TASK_DIRS), args.methods, args.main_only, args.adapter_drops,
-                                args.freeze_layer_norms, not args.no_prefix_cache)
+                                args.freeze_layer_norms)
                 if (r.key, args.epochs, sst2_train if r.task == "sst2" else "all") not in done]
         sst2_dir = sst2_data_dir(os.path.join(args.output_dir, "data"), args.sst2_train_examples)
         for i, run in enumerate(todo[:args.max_runs]):
