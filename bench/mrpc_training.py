@@ -1,0 +1,116 @@
+"""A whole MRPC training, all epochs, wall time: the project's Trainer against AdapterHub, one after the other.
+
+    python -m bench.mrpc_training [--epochs 10] [--drops 0] [--no-full] [--no-adapterhub]
+
+Issue 17's target is a whole 10-epoch MRPC training (not a steady-state slice), each library at its best
+settings for the same AdapterDrop K. Variants, each one real training run, run in turn on the same machine:
+  project K=k      `python -m pipeline.run --task mrpc --epochs N --seed S [--adapter_drop k]` (bench.glue_accuracy's
+                   run_pipeline; length-bucketed batches, K > 0 with the cached frozen prefix, every core);
+                   "Trainer s" is the Trainer component's wall time from ML Metadata (backbone load, counting the
+                   data, every epoch and its dev evaluation, SavedModel export)
+  project full     the same pipeline with --full_finetune (learning rate 3e-5)
+  AdapterHub K=k   bench/adapterhub_glue.py train in /work/hubenv (Houlsby adapters, bottleneck 64, the same MiniLM
+                   weights and recipe, batches of similar length padded per batch, leave_out=[0..k-1], torch on
+                   every core); "whole s" is its training loop with every epoch's dev evaluation and the adapter save
+"train s" is the epochs' training alone in both (each library's per-epoch examples/s, evaluation excluded).
+One run per variant (a whole run is 10-40 minutes here): read the ratios with the machine state beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from typing import Any, Dict
+
+from bench.common import GLUE_DIR, REPO_ROOT, machine_state, print_table, write_results
+from bench.glue_accuracy import ADAPTER_LR, FULL_LR, Run, main_metric, run_pipeline
+
+HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "/work/hubenv/bin/python")
+TASK = "mrpc"
+
+
+def project(run: Run, epochs: int, output_dir: str) -> Dict[str, Any]:
+    row = run_pipeline(run, epochs, output_dir, GLUE_DIR)
+    return {"whole_seconds": row["trainer_seconds"], "train_seconds": sum(e["seconds"] for e in row["history"]),
+            "dev": row["metrics"][main_metric(TASK)], "trainable_parameters": row["trainable_parameters"],
+            "history": row["history"], "command": row["command"]}
+
+
+def adapterhub(drop: int, epochs: int, seed: int, output_dir: str) -> Dict[str, Any]:
+    script = os.path.join(REPO_ROOT, "bench", "adapterhub_glue.py")
+    cmd = [HUB_PYTHON, script, "train", os.path.join(output_dir, f"adapterhub-drop{drop}"), "--task", TASK,
+           "--seed", str(seed), "--epochs", str(epochs), "--adapter_drop", str(drop), "--threads", str(os.cpu_count())]
+    log_path = os.path.join(output_dir, f"adapterhub-drop{drop}.log")
+    with open(log_path, "w") as log:
+        code = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO_ROOT)
+    if code.returncode != 0:
+        raise RuntimeError(f"AdapterHub K={drop} failed (exit {code.returncode}); see {log_path}")
+    result = json.loads(code.stdout.strip().splitlines()[-1])
+    history = result["history"]
+    return {"whole_seconds": result["seconds"],
+            "train_seconds": sum(result["train_examples"] / e["examples_per_second"] for e in history),
+            "dev": history[-1][f"dev_{main_metric(TASK)}"], "trainable_parameters": result["trainable_parameters"],
+            "history": history, "command": "python bench/adapterhub_glue.py " + " ".join(cmd[3:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.mrpc_training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--drops", type=int, nargs="+", default=[0], metavar="K", help="AdapterDrop K values")
+    parser.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
+    parser.add_argument("--no-adapterhub", action="store_true", help="skip AdapterHub")
+    parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "mrpc_training"))
+    args = parser.parse_args()
+    if not os.path.isfile(os.path.join(GLUE_DIR, "MRPC", "train.tsv")):
+        raise SystemExit(f"error: {GLUE_DIR}/MRPC/train.tsv not found (set GLUE_DIR to the GLUE data).")
+    hub = not args.no_adapterhub and os.path.exists(HUB_PYTHON)
+    if not args.no_adapterhub and not hub:
+        print(f"AdapterHub skipped: {HUB_PYTHON} not found (its venv: bench/README.md, section 7)")
+    started = machine_state()
+    os.makedirs(args.output_dir, exist_ok=True)
+    variants: Dict[str, Any] = {}
+    for drop in args.drops:
+        variants[f"project K={drop}"] = lambda d=drop: project(
+            Run(TASK, "adapters", args.seed, ADAPTER_LR, adapter_drop=d), args.epochs, args.output_dir)
+        if hub:
+            variants[f"AdapterHub K={drop}"] = lambda d=drop: adapterhub(
+                d, args.epochs, args.seed, tempfile.mkdtemp(dir=args.output_dir))
+    if not args.no_full:
+        variants["project full fine-tuning"] = lambda: project(
+            Run(TASK, "full", args.seed, FULL_LR), args.epochs, args.output_dir)
+    runs: Dict[str, Dict[str, Any]] = {}
+    for name, measure in variants.items():
+        print(f"{name} ...", flush=True)
+        before = machine_state()
+        start = time.time()
+        runs[name] = {**measure(), "wall_seconds": time.time() - start, "machine_state_before": before,
+                      "machine_state_after": machine_state()}
+        print(f"  whole {runs[name]['whole_seconds']:.0f} s, training {runs[name]['train_seconds']:.0f} s, "
+              f"dev {main_metric(TASK)} {runs[name]['dev']:.4f}", flush=True)
+    ratios: Dict[str, float] = {}
+    for drop in args.drops:
+        ours, theirs = runs[f"project K={drop}"], runs.get(f"AdapterHub K={drop}")
+        if theirs:
+            ratios[f"AdapterHub / project K={drop}, whole"] = theirs["whole_seconds"] / ours["whole_seconds"]
+            ratios[f"AdapterHub / project K={drop}, training"] = theirs["train_seconds"] / ours["train_seconds"]
+        if "project full fine-tuning" in runs:
+            full = runs["project full fine-tuning"]
+            ratios[f"full / project K={drop}, whole"] = full["whole_seconds"] / ours["whole_seconds"]
+            ratios[f"full / project K={drop}, training"] = full["train_seconds"] / ours["train_seconds"]
+    print()
+    print_table(["variant", "trainable params", "whole s", "train s", f"dev {main_metric(TASK)}"],
+                [[name, f"{r['trainable_parameters']:,}", f"{r['whole_seconds']:.0f}", f"{r['train_seconds']:.0f}",
+                  f"{100 * r['dev']:.1f}"] for name, r in runs.items()])
+    print()
+    print_table(["ratio (x faster)", "value"], [[name, f"{value:.2f}"] for name, value in ratios.items()])
+    write_results("mrpc_training", {"task": TASK, "epochs": args.epochs, "seed": args.seed, "runs": runs,
+                                    "ratios": ratios}, started)
+
+
+if __name__ == "__main__":
+    main()
