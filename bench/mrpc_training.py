@@ -23,7 +23,7 @@ import os
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from bench.common import GLUE_DIR, REPO_ROOT, machine_state, print_table, write_results
 from bench.glue_accuracy import ADAPTER_LR, FULL_LR, Run, main_metric, run_pipeline
@@ -54,6 +54,21 @@ def adapterhub(drop: int, epochs: int, seed: int, output_dir: str) -> Dict[str, 
             "train_seconds": sum(result["train_examples"] / e["examples_per_second"] for e in history),
             "dev": history[-1][f"dev_{main_metric(TASK)}"], "trainable_parameters": result["trainable_parameters"],
             "history": history, "command": "python bench/adapterhub_glue.py " + " ".join(cmd[3:])}
+
+
+def ratios(runs: Dict[str, Dict[str, Any]], drops: List[int]) -> Dict[str, float]:
+    """How many times longer AdapterHub and full fine-tuning took than the project at each K (whole run and
+    training alone), for the variants finished so far."""
+    result: Dict[str, float] = {}
+    for drop in drops:
+        ours = runs.get(f"project K={drop}")
+        if not ours:
+            continue
+        for other, label in ((f"AdapterHub K={drop}", "AdapterHub"), ("project full fine-tuning", "full")):
+            if other in runs:
+                result[f"{label} / project K={drop}, whole"] = runs[other]["whole_seconds"] / ours["whole_seconds"]
+                result[f"{label} / project K={drop}, training"] = runs[other]["train_seconds"] / ours["train_seconds"]
+    return result
 
 
 def main() -> None:
@@ -92,24 +107,15 @@ def main() -> None:
                       "machine_state_after": machine_state()}
         print(f"  whole {runs[name]['whole_seconds']:.0f} s, training {runs[name]['train_seconds']:.0f} s, "
               f"dev {main_metric(TASK)} {runs[name]['dev']:.4f}", flush=True)
-    ratios: Dict[str, float] = {}
-    for drop in args.drops:
-        ours, theirs = runs[f"project K={drop}"], runs.get(f"AdapterHub K={drop}")
-        if theirs:
-            ratios[f"AdapterHub / project K={drop}, whole"] = theirs["whole_seconds"] / ours["whole_seconds"]
-            ratios[f"AdapterHub / project K={drop}, training"] = theirs["train_seconds"] / ours["train_seconds"]
-        if "project full fine-tuning" in runs:
-            full = runs["project full fine-tuning"]
-            ratios[f"full / project K={drop}, whole"] = full["whole_seconds"] / ours["whole_seconds"]
-            ratios[f"full / project K={drop}, training"] = full["train_seconds"] / ours["train_seconds"]
+        # Written after every run: a run stopped part-way keeps the variants it finished.
+        write_results("mrpc_training", {"task": TASK, "epochs": args.epochs, "seed": args.seed, "runs": runs,
+                                        "ratios": ratios(runs, args.drops)}, started)
     print()
     print_table(["variant", "trainable params", "whole s", "train s", f"dev {main_metric(TASK)}"],
                 [[name, f"{r['trainable_parameters']:,}", f"{r['whole_seconds']:.0f}", f"{r['train_seconds']:.0f}",
                   f"{100 * r['dev']:.1f}"] for name, r in runs.items()])
     print()
-    print_table(["ratio (x faster)", "value"], [[name, f"{value:.2f}"] for name, value in ratios.items()])
-    write_results("mrpc_training", {"task": TASK, "epochs": args.epochs, "seed": args.seed, "runs": runs,
-                                    "ratios": ratios}, started)
+    print_table(["ratio (project x faster)", "value"], [[name, f"{value:.2f}"] for name, value in ratios(runs, args.drops).items()])
 
 
 if __name__ == "__main__":
