@@ -45,10 +45,10 @@ def adapterhub(drop: int, epochs: int, seed: int, output_dir: str) -> Dict[str, 
            "--seed", str(seed), "--epochs", str(epochs), "--adapter_drop", str(drop), "--threads", str(os.cpu_count())]
     log_path = os.path.join(output_dir, f"adapterhub-drop{drop}.log")
     with open(log_path, "w") as log:
-        code = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO_ROOT)
-    if code.returncode != 0:
-        raise RuntimeError(f"AdapterHub K={drop} failed (exit {code.returncode}); see {log_path}")
-    result = json.loads(code.stdout.strip().splitlines()[-1])
+        process = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO_ROOT)
+    if process.returncode != 0:
+        raise RuntimeError(f"AdapterHub K={drop} failed (exit {process.returncode}); see {log_path}")
+    result = json.loads(process.stdout.strip().splitlines()[-1])
     history = result["history"]
     return {"whole_seconds": result["seconds"],
             "train_seconds": sum(result["train_examples"] / e["examples_per_second"] for e in history),
@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--drops", type=int, nargs="+", default=[0], metavar="K", help="AdapterDrop K values")
     parser.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
     parser.add_argument("--no-adapterhub", action="store_true", help="skip AdapterHub")
-    parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "mrpc_training"))
+    parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "mrpc_training"),
+                        help="each invocation writes its pipeline outputs and logs to a new directory here")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(GLUE_DIR, "MRPC", "train.tsv")):
         raise SystemExit(f"error: {GLUE_DIR}/MRPC/train.tsv not found (set GLUE_DIR to the GLUE data).")
@@ -88,16 +89,18 @@ def main() -> None:
         print(f"AdapterHub skipped: {HUB_PYTHON} not found (its venv: bench/README.md, section 7)")
     started = machine_state()
     os.makedirs(args.output_dir, exist_ok=True)
+    # A fresh pipeline output per invocation: a rerun must train again, not find its Trainer cached by TFX.
+    run_dir = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=args.output_dir)
     variants: Dict[str, Any] = {}
     for drop in args.drops:
         variants[f"project K={drop}"] = lambda d=drop: project(
-            Run(TASK, "adapters", args.seed, ADAPTER_LR, adapter_drop=d), args.epochs, args.output_dir)
+            Run(TASK, "adapters", args.seed, ADAPTER_LR, adapter_drop=d), args.epochs, run_dir)
         if hub:
             variants[f"AdapterHub K={drop}"] = lambda d=drop: adapterhub(
-                d, args.epochs, args.seed, tempfile.mkdtemp(dir=args.output_dir))
+                d, args.epochs, args.seed, run_dir)
     if not args.no_full:
         variants["project full fine-tuning"] = lambda: project(
-            Run(TASK, "full", args.seed, FULL_LR), args.epochs, args.output_dir)
+            Run(TASK, "full", args.seed, FULL_LR), args.epochs, run_dir)
     runs: Dict[str, Dict[str, Any]] = {}
     for name, measure in variants.items():
         print(f"{name} ...", flush=True)
