@@ -13,7 +13,8 @@ settings for the same AdapterDrop K. Variants, each one real training run, run i
                    weights and recipe, batches of similar length padded per batch, leave_out=[0..k-1], torch on
                    every core); "whole s" is its training loop with every epoch's dev evaluation and the adapter save
 "train s" is the epochs' training alone in both (each library's per-epoch examples/s, evaluation excluded).
-One run per variant (a whole run is 10-40 minutes here): read the ratios with the machine state beside them.
+One run per variant (a whole 10-epoch run takes 35-55 minutes on 2 cores): read the ratios with the machine
+state beside them.
 """
 from __future__ import annotations
 
