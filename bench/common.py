@@ -75,6 +75,7 @@ def machine_state() -> Dict[str, Any]:
 
 def machine_info() -> Dict[str, Any]:
     import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
 
     return {
         "cpu": _cpu_model(),
@@ -83,6 +84,8 @@ def machine_info() -> Dict[str, Any]:
         "python": sys.version.split()[0],
         "tensorflow": tf.__version__,
         "TF_USE_LEGACY_KERAS": os.environ.get("TF_USE_LEGACY_KERAS"),
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "onednn": _pywrap_util_port.IsMklEnabled(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }

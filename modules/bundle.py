@@ -65,6 +65,7 @@ from modules.model import (
     ADAPTER_WEIGHTS_FILE,
     INPUT_NAMES,
     AdapterBertClassifier,
+    Untracked,
     load_adapter_weights,
     read_adapter_config,
     variable_key,
@@ -211,13 +212,6 @@ class SharedPrefix:
     layers: int  # min K over `sharing`: layers no task of `sharing` adapted
 
 
-class _Untracked:
-    """Holds Python objects a tf.Module must not track (the Keras models: only their variables are saved)."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
 class BundleModule(tf.Module):
     """What a bundle SavedModel contains: the shared backbone variables, each task's variables, the signatures."""
 
@@ -236,7 +230,7 @@ class BundleModule(tf.Module):
         tokenizers: Dict[int, BertPairTokenizer] = {}  # one per max_seq_length: tasks alike share the vocabulary
         for length in set(max_seq_lengths.values()):
             tokenizers[length] = BertPairTokenizer(tokenizer_settings, length)
-        self._py = _Untracked(models=models, model_functions={}, tokenizer_functions={},
+        self._py = Untracked(models=models, model_functions={}, tokenizer_functions={},
                               tokenizers={name: tokenizers[max_seq_lengths[name]] for name in models})
 
     def task_outputs(self, name: str, sentence1: tf.Tensor, sentence2: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:

@@ -39,7 +39,14 @@ from modules import backbone as backbone_lib
 from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
 from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
 from modules.adapters import AdapterConfig
-from modules.model import INPUT_NAMES, AdapterBertClassifier, load_adapter_weights, read_adapter_config, save_adapter_weights
+from modules.model import (
+    INPUT_NAMES,
+    AdapterBertClassifier,
+    Untracked,
+    load_adapter_weights,
+    read_adapter_config,
+    save_adapter_weights,
+)
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
 from modules.config import TrainingConfig
 from modules.prefix_cache import EXAMPLE_INDEX, PrefixCache, build_prefix_cache
@@ -356,6 +363,8 @@ def compile_model(model: keras.Model, config: TrainingConfig, task: GlueTask, to
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=optimizer, loss=loss)
+    # The optimizer's slots now, not in the first train step: a step that creates variables is traced twice.
+    optimizer.build(model.trainable_variables)
 
 
 def train(
@@ -425,7 +434,8 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput, task: GlueTask):
         super().__init__()
-        self.model = model
+        self.model_variables = model.variables  # saved; the Keras model itself is not (modules.model.Untracked)
+        self._py = Untracked(model=model)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.task = task
         self.raw_feature_spec = {  # the text only: clients send no label and no GLUE row index ("idx")
@@ -437,21 +447,21 @@ class ServingModule(tf.Module):
 
     def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         transformed = self.tft_layer(raw_features)
-        return predict_outputs(self.task, self.model(model_inputs(transformed), training=False))
+        return predict_outputs(self.task, self._py.model(model_inputs(transformed), training=False))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         return self._predict(tf.io.parse_example(examples, self.raw_feature_spec))
 
     def text_signature(self) -> tf.types.experimental.ConcreteFunction:
         """Raw sentences in; single-sentence tasks take only `sentence1`."""
         if self.task.text_b is None:
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A)])
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A)], autograph=False)
             def serve_text(sentence1: tf.Tensor) -> Dict[str, tf.Tensor]:
                 return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: tf.fill(tf.shape(sentence1), "")})
         else:
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A),
-                                          tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_B)])
+                                          tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_B)], autograph=False)
             def serve_text(sentence1: tf.Tensor, sentence2: tf.Tensor) -> Dict[str, tf.Tensor]:
                 return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: sentence2})
         return serve_text.get_concrete_function()
@@ -459,9 +469,11 @@ class ServingModule(tf.Module):
 
 def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput,
                          task: GlueTask, directory: str) -> None:
+    start = time.time()
     module = ServingModule(model, tf_transform_output, task)
     signatures = {"serving_default": module.serve_examples.get_concrete_function(), TEXT_SIGNATURE: module.text_signature()}
     tf.saved_model.save(module, directory, signatures=signatures)
+    logging.info("SavedModel written to %s in %.0f s", directory, time.time() - start)
 
 
 def adapters_dir(serving_model_dir: str) -> str:
