@@ -36,6 +36,7 @@ THREAD_SETTINGS = {  # name -> (intra_op, inter_op, extra env)
     "intra=2,inter=1": (2, 1, {}),
     "intra=1,inter=1": (1, 1, {}),
     "default,oneDNN off": (0, 0, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "default,oneDNN on": (0, 0, {"TF_ENABLE_ONEDNN_OPTS": "1"}),  # TF's default only on AVX512-VNNI/BF16, AMX CPUs
 }
 
 
