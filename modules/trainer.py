@@ -168,8 +168,8 @@ class EpochEta:
     """The remaining time of a training epoch, from the steps so far that traced no graph.
 
     A step that traces the train step's graph (the first step of the first epoch; any later step whose batch
-    shape Keras has not generalised to yet) takes many times longer than the others (MiniLM on MRPC: 157 s,
-    then about 1.4 s a step): a rate that counts it predicts an epoch many times too long. Until `min_steps`
+    shape Keras has not generalised to yet) takes many times longer than the others (MiniLM on MRPC, 2 cores:
+    about 20 s, then about 2 s a step): a rate that counts it predicts an epoch many times too long. Until `min_steps`
     steps without tracing have run, there is no estimate.
     """
 
