@@ -71,10 +71,12 @@ def keras_way_module(model, tf_transform_output, task):
         def serve_examples(self, examples):
             return self._predict(tf.io.parse_example(examples, self.raw_feature_spec))
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A),
-                                      tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_B)])
-        def serve_text(self, sentence1, sentence2):
-            return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: sentence2})
+        def text_signature(self):
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A),
+                                          tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_B)])
+            def serve_text(sentence1, sentence2):
+                return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: sentence2})
+            return serve_text.get_concrete_function()
 
     return KerasWayModule()
 
@@ -93,14 +95,12 @@ def child(variant: str, transform_dir: str) -> Dict[str, object]:
     keras.utils.set_random_seed(42)
     config, task = TrainingConfig(), get_task("mrpc")
     model = trainer.build_model(config, task)
+    build = keras.optimizers.AdamW.build
     if variant == "keras":
         model.train_step = keras.Model.train_step.__get__(model)
-        build = keras.optimizers.AdamW.build
         keras.optimizers.AdamW.build = lambda self, var_list: None  # Keras then builds the slots in the first step
-        trainer.compile_model(model, config, task, total_steps=10_000)
-        keras.optimizers.AdamW.build = build
-    else:
-        trainer.compile_model(model, config, task, total_steps=10_000)
+    trainer.compile_model(model, config, task, total_steps=10_000)
+    keras.optimizers.AdamW.build = build
     batches = [synthetic_batch(seed) for seed in range(4)]
     spec = ({name: tf.TensorSpec([None, None], tf.int64) for name in batches[0][0]}, tf.TensorSpec([None], tf.int64))
     iterator = iter(tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec))
@@ -123,12 +123,9 @@ def child(variant: str, transform_dir: str) -> Dict[str, object]:
     start = time.perf_counter()
     if variant == "keras":
         module = keras_way_module(model, tf_transform_output, task)
-        signatures = {"serving_default": module.serve_examples.get_concrete_function(),
-                      trainer.TEXT_SIGNATURE: module.serve_text.get_concrete_function()}
     else:
         module = trainer.ServingModule(model, tf_transform_output, task)
-        signatures = {"serving_default": module.serve_examples.get_concrete_function(),
-                      trainer.TEXT_SIGNATURE: module.text_signature()}
+    signatures = module.signatures()
     result["export_trace_s"] = time.perf_counter() - start
     start = time.perf_counter()
     tf.saved_model.save(module, directory, signatures=signatures)

@@ -231,7 +231,7 @@ class BundleModule(tf.Module):
         for length in set(max_seq_lengths.values()):
             tokenizers[length] = BertPairTokenizer(tokenizer_settings, length)
         self._py = Untracked(models=models, model_functions={}, tokenizer_functions={},
-                              tokenizers={name: tokenizers[max_seq_lengths[name]] for name in models})
+                             tokenizers={name: tokenizers[max_seq_lengths[name]] for name in models})
 
     def task_outputs(self, name: str, sentence1: tf.Tensor, sentence2: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
         """One task's outputs, named and shaped as in its single-task model."""

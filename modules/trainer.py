@@ -466,13 +466,15 @@ class ServingModule(tf.Module):
                 return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: sentence2})
         return serve_text.get_concrete_function()
 
+    def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+        return {"serving_default": self.serve_examples.get_concrete_function(), TEXT_SIGNATURE: self.text_signature()}
+
 
 def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput,
                          task: GlueTask, directory: str) -> None:
     start = time.time()
     module = ServingModule(model, tf_transform_output, task)
-    signatures = {"serving_default": module.serve_examples.get_concrete_function(), TEXT_SIGNATURE: module.text_signature()}
-    tf.saved_model.save(module, directory, signatures=signatures)
+    tf.saved_model.save(module, directory, signatures=module.signatures())
     logging.info("SavedModel written to %s in %.0f s", directory, time.time() - start)
 
 
