@@ -22,7 +22,8 @@ SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`
 of dev. The issue-15 table: `--epochs 10 --methods adapters --main_only --only mrpc rte cola stsb`,
 `--epochs 3 --methods full --only mrpc rte cola stsb`, `--epochs 2 --only sst2 --seeds 42 --main_only
 --sst2_train_examples all`. Issue 17's accuracy per AdapterDrop K: `--epochs 3 --methods adapters --main_only
---only mrpc rte stsb --seeds 42 --adapter_drops 1 2 3`.
+--only mrpc rte stsb --seeds 42 --adapter_drops 1 2 3`; its float32 vs bfloat16 at K = 0: `--epochs 10 --methods
+adapters --main_only --only rte stsb mrpc --seeds 42 --precision mixed_bfloat16`.
 """
 from __future__ import annotations
 
@@ -85,12 +86,13 @@ class Run:
 
 
 def plan(seeds: Sequence[int], tasks: Sequence[str], methods: Sequence[str], main_only: bool,
-         drops: Sequence[int] = (0,), freeze_layer_norms: bool = False) -> List[Run]:
+         drops: Sequence[int] = (0,), freeze_layer_norms: bool = False, precision: str = "float32") -> List[Run]:
     """Every run, most informative first: the main settings seed by seed (a sweep cut short still has whole
-    seeds; adapters at each AdapterDrop K of `drops`, layer norms frozen if asked), then the first seed's grid
-    of bottleneck sizes and learning rates and bfloat16 (unless main_only)."""
+    seeds; adapters at each AdapterDrop K of `drops`, layer norms frozen if asked, in `precision`), then the
+    first seed's grid of bottleneck sizes and learning rates and bfloat16 (unless main_only)."""
     lr = {"adapters": ADAPTER_LR, "full": FULL_LR}
-    variants = {"adapters": [{"adapter_drop": drop, "freeze_layer_norms": freeze_layer_norms} for drop in drops],
+    variants = {"adapters": [{"adapter_drop": drop, "freeze_layer_norms": freeze_layer_norms, "precision": precision}
+                             for drop in drops],
                 "full": [{}]}
     runs = [Run(task, method, seed, lr[method], **variant) for seed in seeds for task in tasks for method in methods
             for variant in variants[method]]
@@ -361,6 +363,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="the adapters' main runs at each of these AdapterDrop K (default: 0, adapters in every layer)")
     parser.add_argument("--freeze_layer_norms", action="store_true",
                         help="the adapters' main runs with the encoder's layer norms frozen (AdapterHub's choice)")
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
+                        help="the adapters' main runs in this precision (issue 17's float32 vs bfloat16 question)")
     parser.add_argument("--sst2_train_examples", type=lambda v: None if v == "all" else int(v), default=20_000,
                         help="a fixed random subset of SST-2's 67,349 training examples, or 'all'")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "accuracy"))
@@ -374,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sst2_train = args.sst2_train_examples or "all"
         done = {(r["key"], r["epochs"], r["train_examples"]) for r in results["runs"]}
         todo = [r for r in plan(args.seeds, args.only or list(TASK_DIRS), args.methods, args.main_only, args.adapter_drops,
-                                args.freeze_layer_norms)
+                                args.freeze_layer_norms, args.precision)
                 if (r.key, args.epochs, sst2_train if r.task == "sst2" else "all") not in done]
         sst2_dir = sst2_data_dir(os.path.join(args.output_dir, "data"), args.sst2_train_examples)
         for i, run in enumerate(todo[:args.max_runs]):
