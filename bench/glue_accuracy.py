@@ -364,7 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--freeze_layer_norms", action="store_true",
                         help="the adapters' main runs with the encoder's layer norms frozen (AdapterHub's choice)")
     parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
-                        help="the adapters' main runs in this precision (issue 17's float32 vs bfloat16 question)")
+                        help="the adapters' main runs in this precision (issue 17's float32 vs bfloat16 question; "
+                             "not auto, whose arithmetic depends on the CPU the run lands on)")
     parser.add_argument("--sst2_train_examples", type=lambda v: None if v == "all" else int(v), default=20_000,
                         help="a fixed random subset of SST-2's 67,349 training examples, or 'all'")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "accuracy"))
