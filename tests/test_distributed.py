@@ -188,7 +188,9 @@ def test_data_stages_on_two_beam_worker_processes_match_one_worker(workspace, si
         two_workers = run_data_stages(
             os.path.join(workspace["root"], "beam_two_processes"), workspace["data_dir"], workspace["model_dir"],
             beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    assert watch.most_at_once == 2, "Beam did not run the stages on two worker processes"
+    # Beam may start a stage's workers before the previous stage's have exited (3 were once seen at once), so
+    # the count is a lower bound: the stages ran in parallel on more than one worker process.
+    assert watch.most_at_once >= 2, f"Beam ran the stages on at most {watch.most_at_once} worker process at once"
     one, two = transformed_examples(single_worker_data), transformed_examples(two_workers)
     assert sorted(one) == ["Split-eval", "Split-train"]
     assert sum(one["Split-train"].values()) == TRAIN_ROWS and sum(one["Split-eval"].values()) == EVAL_ROWS
