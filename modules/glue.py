@@ -40,6 +40,7 @@ import dataclasses
 import json
 import math
 import os
+import posixpath
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -135,7 +136,8 @@ class GlueTask:
         file = self.splits[split]
         if is_absolute(file):
             return file
-        return "/".join(part.rstrip("/") for part in (data_dir, self.directory, file) if part)
+        relative = posixpath.normpath("/".join(part.rstrip("/") for part in (self.directory, file) if part))
+        return "/".join(part.rstrip("/") for part in (data_dir, relative) if part)
 
     def to_spec(self) -> Dict[str, Any]:
         """The task as a spec mapping (JSON-serializable); `from_spec(to_spec())` gives the same task."""
@@ -315,7 +317,8 @@ GLUE_SPECS: Tuple[Dict[str, Any], ...] = (
      "label": "is_duplicate", "labels": _BINARY, "metrics": ["f1", "accuracy"], "positive_label": "1"},
     {"name": "mnli", "directory": "MNLI",
      "files": {"train": "train.tsv", "eval": "dev_matched.tsv", "eval_mismatched": "dev_mismatched.tsv",
-               "test": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"},
+               "test": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv",
+               "test_ax": "../diagnostic/diagnostic.tsv"},  # GLUE's diagnostic set, scored by the MNLI model
      "text_a": "sentence1", "text_b": "sentence2", "label": "gold_label",
      "labels": ["contradiction", "entailment", "neutral"], "metrics": ["accuracy"]},
     {"name": "qnli", "directory": "QNLI", "files": _GLUE_FILES, "text_a": "question", "text_b": "sentence",
@@ -325,6 +328,10 @@ GLUE_SPECS: Tuple[Dict[str, Any], ...] = (
     {"name": "wnli", "directory": "WNLI", "files": _GLUE_FILES, "text_a": "sentence1", "text_b": "sentence2",
      "label": "label", "labels": _BINARY, "metrics": ["accuracy"]},
 )
+
+# The GLUE server's file name for each test split's predictions; every other split is "<directory>.tsv".
+_SUBMISSION_FILES = {("mnli", "test"): "MNLI-m.tsv", ("mnli", "test_mismatched"): "MNLI-mm.tsv",
+                     ("mnli", "test_ax"): "AX.tsv"}
 
 TASKS: Dict[str, GlueTask] = {
     spec["name"]: GlueTask.from_spec(spec, source=f"built-in task {spec['name']}") for spec in GLUE_SPECS
@@ -345,6 +352,13 @@ def get_task(name: str) -> GlueTask:
         raise ValueError(f"Unknown GLUE task {name!r}: expected one of {', '.join(TASKS)} "
                          "(or describe your own dataset in a task spec file: --task_spec).")
     return TASKS[key]
+
+
+def submission_file(task: GlueTask, split: str) -> Optional[str]:
+    """The file the GLUE server expects a test split's predictions in ("MRPC.tsv"); None for a user's task."""
+    if task.name not in TASKS or split not in task.test_splits:
+        return None
+    return _SUBMISSION_FILES.get((task.name, split), f"{task.directory}.tsv")
 
 
 def load_task_spec(path: str, data_dir: Optional[str] = None) -> GlueTask:

@@ -145,6 +145,12 @@ FIXTURES: Dict[str, Dict[str, Tuple[str, List[Row]]]] = {
             f"0\t16130\t16130\tfacetoface\t{MNLI_PARSES}\tWhat have you decided?\tWhat are you doing?\n",
             [("What have you decided?", "What are you doing?", None, 0)],
         ),
+        "../diagnostic/diagnostic.tsv": (  # GLUE's diagnostic set (AX), in <data_dir>/diagnostic/
+            "index\tsentence1\tsentence2\n0\tThe cat sat on the mat.\tThe cat did not sit on the mat.\n"
+            "1\tThe cat did not sit on the mat.\tThe cat sat on the mat.\n",
+            [("The cat sat on the mat.", "The cat did not sit on the mat.", None, 0),
+             ("The cat did not sit on the mat.", "The cat sat on the mat.", None, 1)],
+        ),
     },
     "qnli": {
         "train.tsv": (
@@ -223,6 +229,7 @@ def write_task(data_dir: str, task_name: str, skip: Tuple[str, ...] = ()) -> str
     os.makedirs(task_dir, exist_ok=True)
     for file_name, (content, _) in FIXTURES[task_name].items():
         if file_name not in skip:
+            os.makedirs(os.path.dirname(os.path.join(task_dir, file_name)), exist_ok=True)
             with open(os.path.join(task_dir, file_name), "wb") as f:
                 f.write(content.encode("utf-8"))
     return data_dir
@@ -306,6 +313,7 @@ def test_input_config_has_one_split_per_existing_file(tmp_path):
     assert input_splits(GlueExampleGen(data_dir, "MNLI")) == [
         ("train", "MNLI/train.tsv"), ("eval", "MNLI/dev_matched.tsv"), ("eval_mismatched", "MNLI/dev_mismatched.tsv"),
         ("test", "MNLI/test_matched.tsv"), ("test_mismatched", "MNLI/test_mismatched.tsv"),
+        ("test_ax", "diagnostic/diagnostic.tsv"),
     ]
 
 
@@ -341,6 +349,19 @@ def test_executor_do_writes_gzipped_splits(tmp_path):
     for split, file_name in [("train", "train.tsv"), ("eval", "dev.tsv"), ("test", "test.tsv")]:
         expected = [make_example(row) for row in FIXTURES["mrpc"][file_name][1]]
         assert by_idx(read_artifact_split(examples.uri, split)) == expected
+
+
+def test_a_test_file_missing_at_run_time_gives_an_empty_split_not_an_error(tmp_path):
+    """Remote data is not listed when the pipeline is built: a test file may turn out missing only in the pod."""
+    data_dir = write_task(str(tmp_path / "glue"), "mrpc")
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    component = GlueExampleGen(data_dir, "mrpc")
+    os.remove(os.path.join(data_dir, "MRPC", "test.tsv"))
+    executor.Executor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties(component))
+    files = glob.glob(os.path.join(examples.uri, "Split-test", "*"))
+    assert sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP")) == 0
+    assert len(read_artifact_split(examples.uri, "train")) == len(FIXTURES["mrpc"]["train.tsv"][1])
 
 
 def test_local_dag_runner_publishes_examples(tmp_path):
@@ -480,6 +501,15 @@ def test_rare_malformed_rows_are_skipped_and_logged(tmp_path, caplog):
     assert len(examples) == 999
     assert 500 not in [e.features.feature[FEATURE_INDEX].int64_list.value[0] for e in examples]
     assert f"{path}:502: expected 4 tab-separated columns" in caplog.text
+
+
+def test_one_malformed_row_fails_a_test_file_naming_file_and_line(tmp_path):
+    path = write_file(tmp_path, "index\tsentence1\tsentence2\n" + "".join(f"{i}\tA b.\tC d.\n" for i in range(999))
+                      + "999\tA b.\n")
+    message = f"{path}: 1 of 1000 rows are malformed, and a test file is never thinned (every row must get its "
+    message += f"prediction). First ones:\n  {path}:1001: expected 3 tab-separated columns"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        list(executor.read_examples(path, get_task("rte"), labeled=False))
 
 
 def test_more_malformed_rows_than_the_cap_fail(tmp_path):

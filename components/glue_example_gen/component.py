@@ -44,14 +44,13 @@ def glue_input_config(data_dir: str, task: GlueTask) -> example_gen_pb2.Input:
 
     Labeled splits (train, eval*) are required: a missing file is an error naming the path expected.
     Test splits are optional (many users have no test file); a missing one is left out and logged.
-    Remote files (e.g. gs:// for Kubeflow) are not read now: labeled splits are declared and the executor
-    names any missing file at run time; test splits, which no later component uses, are left out.
+    Remote files (e.g. gs:// for Kubeflow) are not read now: every split is declared; at run time the
+    executor names a missing labeled file, and a missing test file gives an empty split (no predictions).
     """
     base, patterns = input_locations(data_dir, task)
     if is_remote(base):
         return example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name=split, pattern=pattern)
-            for split, pattern in patterns.items() if executor.is_labeled(task, split)
+            example_gen_pb2.Input.Split(name=split, pattern=pattern) for split, pattern in patterns.items()
         ])
     if task.directory:
         if not tf.io.gfile.isdir(data_dir):
@@ -89,9 +88,12 @@ class GlueExampleGen(FileBasedExampleGen):
 
     def __init__(self, data_dir: str, task: Union[str, GlueTask]):
         glue_task = get_task(task) if isinstance(task, str) else task
+        input_config = glue_input_config(data_dir, glue_task)
         super().__init__(
             input_base=input_locations(data_dir, glue_task)[0],
-            input_config=glue_input_config(data_dir, glue_task),
+            input_config=input_config,
             output_config=example_gen_pb2.Output(),
             custom_config=executor.make_custom_config(glue_task),
         )
+        # The test splits it reads (those whose file exists, or every one for remote data): what BulkInferrer predicts.
+        self.test_splits = [split.name for split in input_config.splits if not executor.is_labeled(glue_task, split.name)]

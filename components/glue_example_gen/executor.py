@@ -28,7 +28,8 @@ no artifact for a failed execution.
     missing field or a text that is not a string. Skipped with a warning naming file:line, but only
     while such rows are at most MAX_MALFORMED_FRACTION (0.1%) of the file's rows (real QQP
     train.tsv has a handful); beyond that: fail, listing the first ones. Skipped rows keep their
-    row number, so FEATURE_INDEX of the other rows does not shift.
+    row number, so FEATURE_INDEX of the other rows does not shift. A test (unlabeled) file is never
+    thinned: every test row must get its prediction, so one malformed row fails it.
   - no data rows at all: fail; an empty split would only fail later, far from its cause.
 """
 from __future__ import annotations
@@ -179,7 +180,7 @@ def read_examples(path: str, task: GlueTask, labeled: bool) -> Iterator[tf.train
     if rows == 0:
         expected = "a header line and at least one row" if has_header else "at least one row"
         raise ValueError(f"{path}: no data rows (expected {expected}).")
-    _check_malformed(path, rows, malformed)
+    _check_malformed(path, rows, malformed, MAX_MALFORMED_FRACTION if labeled else 0.0)
 
 
 # A data row: (where, {column: value}), or (where, what is wrong with it) for a malformed row.
@@ -274,15 +275,14 @@ def _parse_int(column: str, value: Any, where: str) -> int:
         raise problem from None
 
 
-def _check_malformed(path: str, rows: int, malformed: List[str]) -> None:
-    """Fails if more than MAX_MALFORMED_FRACTION of the rows were malformed, else logs each one skipped."""
-    allowed = int(rows * MAX_MALFORMED_FRACTION)
+def _check_malformed(path: str, rows: int, malformed: List[str], max_fraction: float) -> None:
+    """Fails if more than `max_fraction` of the rows were malformed, else logs each one skipped."""
+    allowed = int(rows * max_fraction)
     if len(malformed) > allowed:
         listed = "\n  ".join(malformed[:_MAX_LISTED])
-        raise ValueError(
-            f"{path}: {len(malformed)} of {rows} rows are malformed, more than the {allowed} "
-            f"({MAX_MALFORMED_FRACTION:.1%}) that may be skipped. First ones:\n  {listed}"
-        )
+        rule = (f"more than the {allowed} ({max_fraction:.1%}) that may be skipped" if max_fraction else
+                "and a test file is never thinned (every row must get its prediction)")
+        raise ValueError(f"{path}: {len(malformed)} of {rows} rows are malformed, {rule}. First ones:\n  {listed}")
     for problem in malformed:
         logging.warning("Skipped malformed row %s", problem)
     if malformed:
@@ -310,7 +310,11 @@ def _GlueTsvToExample(  # pylint: disable=invalid-name
     split = _split_name(exec_properties, split_pattern)
     path = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
     if not tf.io.gfile.exists(path):
-        raise ValueError(f"Data file not found: {path} (task {task.name}, split {split}).")
+        if is_labeled(task, split):
+            raise ValueError(f"Data file not found: {path} (task {task.name}, split {split}).")
+        logging.warning("No %s (task %s, split %s): that split is empty and gets no predictions.", path, task.name,
+                        split)
+        return pipeline | "NoFile" >> beam.Create([], reshuffle=False).with_output_types(tf.train.Example)
     logging.info("Reading %s split %s from %s.", task.name, split, path)
     return (
         pipeline
