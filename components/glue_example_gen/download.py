@@ -81,6 +81,9 @@ def download(task: GlueTask, data_dir: str) -> str:
             _fetch(_GLUE_URL + _ARCHIVE_NAMES.get(task.name, f"{task.directory}.zip"), archive)
             with zipfile.ZipFile(archive) as zip_file:
                 zip_file.extractall(data_dir)
+            if task.name == "mnli":  # GLUE's diagnostic set, which the MNLI model answers for the server's AX.tsv
+                os.makedirs(os.path.join(data_dir, "diagnostic"), exist_ok=True)
+                _fetch(_GLUE_URL + "AX.tsv", os.path.join(data_dir, "diagnostic", "diagnostic.tsv"))
     if not os.path.isdir(task_dir):
         raise RuntimeError(f"The {task.name} download did not create {task_dir}; check {data_dir}.")
     return task_dir
