@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 def export(model, tokenizer_settings, directory: str, trim: bool) -> None:
     import tensorflow as tf
-    from modules import trainer
+    from modules import serving
     from modules.glue import get_task
     from modules.model import INPUT_NAMES
     from modules.preprocessing import BertPairTokenizer
@@ -48,11 +48,11 @@ def export(model, tokenizer_settings, directory: str, trim: bool) -> None:
                                       tf.TensorSpec([None], tf.string, name="sentence2")])
         def predict_text(self, sentence1, sentence2):
             features = self.tokenizer(sentence1, sentence2)
-            features = trainer.model_inputs(features) if trim else {k: features[k] for k in INPUT_NAMES}
-            return trainer.predict_outputs(task, self.model(features, training=False))
+            features = serving.model_inputs(features) if trim else {k: features[k] for k in INPUT_NAMES}
+            return serving.predict_outputs(task, self.model(features, training=False))
 
     module = TextServing()
-    tf.saved_model.save(module, directory, signatures={trainer.TEXT_SIGNATURE: module.predict_text.get_concrete_function()})
+    tf.saved_model.save(module, directory, signatures={serving.TEXT_SIGNATURE: module.predict_text.get_concrete_function()})
 
 
 def pairs(n: int):
@@ -83,7 +83,7 @@ def main() -> None:
     started = common.machine_state()
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the tokenizer's custom ops, needed to load the SavedModels)
-    from modules import backbone, trainer
+    from modules import backbone, serving
     from modules.adapters import AdapterConfig
     from modules.model import AdapterBertClassifier
 
@@ -99,7 +99,7 @@ def main() -> None:
             model.classifier.set_weights(adapter_head)
         for variant, trim in [(name, True)] + ([(f"{name}_fixed128", False)] if not drop else []):
             export(model, settings, os.path.join(scratch, variant), trim)
-            signatures[variant] = tf.saved_model.load(os.path.join(scratch, variant)).signatures[trainer.TEXT_SIGNATURE]
+            signatures[variant] = tf.saved_model.load(os.path.join(scratch, variant)).signatures[serving.TEXT_SIGNATURE]
 
     data, source = pairs(max(args.calls, 32 * 5))
     one = [(tf.constant([a]), tf.constant([b])) for a, b in data[:args.calls]]

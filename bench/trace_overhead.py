@@ -59,10 +59,10 @@ def write_transform_output(directory: str, model_dir: str) -> str:
 def keras_way_module(model, tf_transform_output, task):
     """trainer.ServingModule as it was: the Keras model tracked, signatures traced with AutoGraph."""
     import tensorflow as tf
-    from modules import trainer
+    from modules import serving
     from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B
 
-    class KerasWayModule(trainer.ServingModule):
+    class KerasWayModule(serving.ServingModule):
         def __init__(self):
             super().__init__(model, tf_transform_output, task)
             self.model = model
@@ -88,7 +88,7 @@ def child(variant: str, transform_dir: str) -> Dict[str, object]:
     import tf_keras as keras
 
     from bench.train_throughput import synthetic_batch
-    from modules import trainer
+    from modules import serving, trainer
     from modules.config import TrainingConfig
     from modules.glue import get_task
 
@@ -124,14 +124,14 @@ def child(variant: str, transform_dir: str) -> Dict[str, object]:
     if variant == "keras":
         module = keras_way_module(model, tf_transform_output, task)
     else:
-        module = trainer.ServingModule(model, tf_transform_output, task)
+        module = serving.ServingModule(model, tf_transform_output, task)
     signatures = module.signatures()
     result["export_trace_s"] = time.perf_counter() - start
     start = time.perf_counter()
     tf.saved_model.save(module, directory, signatures=signatures)
     result["export_save_s"] = time.perf_counter() - start
     result["export_s"] = result["export_trace_s"] + result["export_save_s"]
-    loaded = tf.saved_model.load(directory).signatures[trainer.TEXT_SIGNATURE]
+    loaded = tf.saved_model.load(directory).signatures[serving.TEXT_SIGNATURE]
     result["probabilities"] = loaded(sentence1=tf.constant(PAIRS[0]), sentence2=tf.constant(PAIRS[1]))[
         "probabilities"].numpy().tolist()
     return result

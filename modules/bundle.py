@@ -11,7 +11,7 @@ swapping task weights in and out of one model at request time would be neither t
 servable as a graph.
 
 Signatures of a bundle (raw text in; the backbone's WordPiece tokenizer runs in the graph with each
-task's own max_seq_length, exactly as in that task's single-task "predict_text"):
+task's own max_seq_length, exactly as in that task's single-task "predict_text", modules/serving.py):
   "<task>" (one per task, e.g. "mrpc", "sst2"):
       inputs   sentence1 [B] string, and sentence2 [B] string for sentence-pair tasks
       outputs  as the task's single-task model: probabilities [B, num_labels] float32, label [B] int64
@@ -71,12 +71,12 @@ from modules.model import (
     variable_key,
 )
 from modules.preprocessing import BertPairTokenizer
+from modules.serving import ADAPTERS_SUBDIR, model_inputs, predict_outputs
 
 GENERIC_SIGNATURE = BUNDLE_GENERIC_SIGNATURE  # no task spec may take this name (modules/glue.py)
 ALL_TASKS_SIGNATURE = "all_tasks"
 TASK_INPUT = "task"
 OUTPUT_NUM_LABELS = "num_labels"
-ADAPTERS_SUBDIR = "adapters"  # where run_fn writes adapter-only weights inside a Model artifact
 _BACKBONE_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
 
 
@@ -235,8 +235,6 @@ class BundleModule(tf.Module):
 
     def task_outputs(self, name: str, sentence1: tf.Tensor, sentence2: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
         """One task's outputs, named and shaped as in its single-task model."""
-        from modules.trainer import model_inputs, predict_outputs
-
         task = self.tasks[name]
         tokenize = self._tokenizer_function(self._py.tokenizers[name], pair=task.text_b is not None)
         features = model_inputs(tokenize(sentence1, sentence2) if task.text_b is not None else tokenize(sentence1))
@@ -285,8 +283,6 @@ class BundleModule(tf.Module):
 
     def all_tasks_outputs(self, sentence1: tf.Tensor, sentence2: tf.Tensor) -> Dict[str, tf.Tensor]:
         """Every task's outputs for the same sentences, each shared frozen prefix computed once."""
-        from modules.trainer import model_inputs, predict_outputs
-
         outputs: Dict[str, tf.Tensor] = {}
         for prefix in self.shared_prefixes():
             tokenize = self._tokenizer_function(self._py.tokenizers[prefix.tasks[0]], pair=prefix.pair)

@@ -2,13 +2,8 @@
 
 `run_fn` is what the Trainer component calls. It reads the transformed examples, batches them by length
 (dynamic padding: each batch is cut to its longest example), trains with AdamW under a linear warm-up and
-decay schedule, logs per-epoch loss, GLUE metrics and examples/s to the console and TensorBoard, and exports:
-  <serving_model_dir>/                a SavedModel with two signatures:
-      serving_default  serialized tf.Examples -> outputs   (TFMA Evaluator, TF Serving tf.Example clients)
-      predict_text     raw sentences          -> outputs   (the Transform graph runs inside)
-  <serving_model_dir>/../adapters/    the adapter-only weights and their JSON config
-Outputs are "probabilities" [batch, num_labels], "label" [batch] (class id) and "label_name" [batch] (the
-task's label value, e.g. "entailment") for classification, "score" [batch] for regression.
+decay schedule, logs per-epoch loss, GLUE metrics and examples/s to the console and TensorBoard, and exports
+the serving SavedModel and the adapter-only weights beside it (their layout and outputs: modules/serving.py).
 
 More than one machine: training runs under the tf.distribute strategy `TrainingConfig.distribution` names
 ("auto": MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster of more than one task, as Vertex AI,
@@ -36,13 +31,13 @@ from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from modules import backbone as backbone_lib
-from modules.glue import FEATURE_LABEL, FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
-from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE, glue_metrics
+from modules.bundle import adapters_directory
+from modules.glue import FEATURE_LABEL, GlueTask
+from modules.metrics import OUTPUT_LABEL, OUTPUT_SCORE, glue_metrics
 from modules.adapters import AdapterConfig
 from modules.model import (
     INPUT_NAMES,
     AdapterBertClassifier,
-    Untracked,
     load_adapter_weights,
     read_adapter_config,
     save_adapter_weights,
@@ -50,9 +45,9 @@ from modules.model import (
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
 from modules.config import TrainingConfig
 from modules.prefix_cache import EXAMPLE_INDEX, PrefixCache, build_prefix_cache
+from modules.serving import adapters_dir, export_serving_model, model_inputs, predict_outputs
 
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
-TEXT_SIGNATURE = "predict_text"
 
 
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -89,13 +84,6 @@ def _read_transformed(file_patterns: List[str], feature_spec: Dict) -> tf.data.D
         raise FileNotFoundError(f"No transformed examples match {file_patterns}.")
     records = without_autotune(tf.data.TFRecordDataset(files, compression_type="GZIP"))
     return records.batch(512).map(lambda r: tf.io.parse_example(r, feature_spec)).unbatch()
-
-
-def model_inputs(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """The model's inputs cut to the batch's longest example: the padding beyond it is masked out of attention,
-    so the outputs are the same, computed on fewer tokens (most GLUE sentences are far shorter than 128)."""
-    length = tf.maximum(tf.reduce_max(features[LENGTH_FEATURE]), 1)
-    return {name: features[name][:, :length] for name in INPUT_NAMES}
 
 
 def make_dataset(
@@ -142,16 +130,6 @@ def make_dataset(
 
 def _count(dataset: tf.data.Dataset) -> int:
     return int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
-
-
-def predict_outputs(task: GlueTask, logits: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """The model's logits as the serving outputs: probabilities, class id and the task's label value for that
-    id (so clients need no lookup table), or a score."""
-    if task.is_regression:
-        return {OUTPUT_SCORE: logits[:, 0]}
-    label = tf.argmax(logits, axis=-1)
-    return {OUTPUT_PROBABILITIES: tf.nn.softmax(logits, axis=-1), OUTPUT_LABEL: label,
-            OUTPUT_LABEL_NAME: tf.gather(tf.constant(task.label_names), label)}
 
 
 def evaluate(model: keras.Model, task: GlueTask, dataset: tf.data.Dataset) -> Dict[str, float]:
@@ -290,8 +268,6 @@ def adapter_flags(adapter: AdapterConfig) -> str:
 def warm_start_directory(config: TrainingConfig) -> str:
     """The adapters directory of config.warm_start, after checking (without building a model) that its adapter
     settings and number of labels are this run's; the backbone weights are checked when they are loaded."""
-    from modules.bundle import adapters_directory
-
     directory = adapters_directory(config.warm_start)
     saved = read_adapter_config(directory)
     theirs, ours = AdapterConfig(**saved["adapter"]), config.adapter_config()
@@ -427,60 +403,6 @@ def _with_prefix_cache(model: AdapterBertClassifier, config: TrainingConfig, tra
                           shuffle_seed=config.seed, bucketing=config.bucketing, prefix_cache=cache)
     steps_per_epoch = _count(cached)  # iterated once like train_data, so both reshuffle alike in every epoch
     return cached.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
-
-
-class ServingModule(tf.Module):
-    """What is exported: the model, the Transform graph, and the two serving signatures."""
-
-    def __init__(self, model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput, task: GlueTask):
-        super().__init__()
-        self.model_variables = model.variables  # saved; the Keras model itself is not (modules.model.Untracked)
-        self._py = Untracked(model=model)
-        self.tft_layer = tf_transform_output.transform_features_layer()
-        self.task = task
-        self.raw_feature_spec = {  # the text only: clients send no label and no GLUE row index ("idx")
-            name: spec for name, spec in tf_transform_output.raw_feature_spec().items()
-            if name in (FEATURE_TEXT_A, FEATURE_TEXT_B)
-        }
-        if task.text_b is None:  # single-sentence tasks: clients need not send the empty second sentence
-            self.raw_feature_spec[FEATURE_TEXT_B] = tf.io.FixedLenFeature([], tf.string, default_value="")
-
-    def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        transformed = self.tft_layer(raw_features)
-        return predict_outputs(self.task, self._py.model(model_inputs(transformed), training=False))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
-    def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return self._predict(tf.io.parse_example(examples, self.raw_feature_spec))
-
-    def text_signature(self) -> tf.types.experimental.ConcreteFunction:
-        """Raw sentences in; single-sentence tasks take only `sentence1`."""
-        if self.task.text_b is None:
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A)], autograph=False)
-            def serve_text(sentence1: tf.Tensor) -> Dict[str, tf.Tensor]:
-                return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: tf.fill(tf.shape(sentence1), "")})
-        else:
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_A),
-                                          tf.TensorSpec([None], tf.string, name=FEATURE_TEXT_B)], autograph=False)
-            def serve_text(sentence1: tf.Tensor, sentence2: tf.Tensor) -> Dict[str, tf.Tensor]:
-                return self._predict({FEATURE_TEXT_A: sentence1, FEATURE_TEXT_B: sentence2})
-        return serve_text.get_concrete_function()
-
-    def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
-        return {"serving_default": self.serve_examples.get_concrete_function(), TEXT_SIGNATURE: self.text_signature()}
-
-
-def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput,
-                         task: GlueTask, directory: str) -> None:
-    start = time.time()
-    module = ServingModule(model, tf_transform_output, task)
-    tf.saved_model.save(module, directory, signatures=module.signatures())
-    logging.info("SavedModel written to %s in %.0f s", directory, time.time() - start)
-
-
-def adapters_dir(serving_model_dir: str) -> str:
-    """Where the adapter-only weights go: next to the SavedModel, inside the same Model artifact."""
-    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), "adapters")
 
 
 def run_fn(fn_args: FnArgs) -> None:

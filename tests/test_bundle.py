@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components import adapter_bundle
-from modules import trainer
+from modules import serving, trainer
 from modules.bundle import BundleError, read_task_adapters
 from modules.glue import get_task
 from modules.adapters import AdapterConfig
@@ -157,7 +157,7 @@ def task_a(setup):
 
 @pytest.fixture(scope="module")
 def single_a(task_a):
-    return tf.saved_model.load(os.path.join(task_a, "Format-Serving")).signatures[trainer.TEXT_SIGNATURE]
+    return tf.saved_model.load(os.path.join(task_a, "Format-Serving")).signatures[serving.TEXT_SIGNATURE]
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_adding_a_task_leaves_the_first_bit_identical(setup, bundle_a, bundle_ab
     for key in outputs_a:
         assert np.array_equal(again[key], outputs_a[key]), key
 
-    single_b = tf.saved_model.load(os.path.join(task_b, "Format-Serving")).signatures[trainer.TEXT_SIGNATURE]
+    single_b = tf.saved_model.load(os.path.join(task_b, "Format-Serving")).signatures[serving.TEXT_SIGNATURE]
     inputs = {"sentence1": tf.constant(SENTENCES_A), "sentence2": tf.constant(SENTENCES_B)}
     expected, outputs = as_numpy(single_b(**inputs)), as_numpy(loaded.signatures["stsb"](**inputs))
     assert set(outputs) == set(expected) == {"score"}

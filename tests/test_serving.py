@@ -3,7 +3,7 @@ binary (none exists on these machines; see serving/README.md).
 
 A pushed model is made the cheap real way: a tiny random BERT (tests/tiny_bert.py) with adapters, the
 project's Transform graph written by tf.Transform's Beam API from the project's preprocessing_fn and GLUE
-schema, exported by modules.trainer.export_serving_model into <serving_dir>/<task>/<version>/, the layout
+schema, exported by modules.serving.export_serving_model into <serving_dir>/<task>/<version>/, the layout
 the Pusher writes and TF Serving loads. Then:
   - the exact REST JSON body and the exact gRPC PredictRequest the client builds are fed to the SavedModel
     loaded by TensorFlow's own loader, the way TF Serving maps them onto the signature (REST columnar
@@ -81,7 +81,7 @@ def push_model(root: str, task_name: str, model_dir: str):
     import tensorflow_transform as tft
     import tf_keras as keras
 
-    from modules import backbone, preprocessing, trainer
+    from modules import backbone, preprocessing, serving, trainer
     from modules.model import INPUT_NAMES
     from modules.config import TrainingConfig
 
@@ -100,7 +100,7 @@ def push_model(root: str, task_name: str, model_dir: str):
     logits = model({name: features[name] for name in INPUT_NAMES}, training=False)
     model.classifier.bias.assign(model.classifier.bias - tf.reduce_mean(logits, axis=0))
     version_dir = os.path.join(root, "serving", task.name, str(int(time.time())))
-    trainer.export_serving_model(model, tft.TFTransformOutput(graph_dir), task, version_dir)
+    serving.export_serving_model(model, tft.TFTransformOutput(graph_dir), task, version_dir)
     return version_dir, model
 
 

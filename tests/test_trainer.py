@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules.trainer import EpochEta, WarmupLinearDecay, make_dataset, model_inputs
+from modules.serving import model_inputs
+from modules.trainer import EpochEta, WarmupLinearDecay, make_dataset
 from tiny_bert import write_tiny_bert
 
 MAX_SEQ_LENGTH = 32
