@@ -23,8 +23,11 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from pipeline import console
+
+if __name__ == "__main__":  # before TensorFlow is imported (pipeline/console.py)
+    console.setup_command(sys.argv[1:])
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import yaml
 
@@ -47,6 +50,7 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
                         help="Pusher destination: <serving_dir>/<task>/<version>/, e.g. gs://BUCKET/serving")
     parser.add_argument("--output", help="file to write, .json or .yaml (default <pipeline name>.json in the current directory)")
     run.add_pipeline_flags(parser)
+    console.add_verbose_flag(parser)
     args = parser.parse_args(ours)
     if args.data_dir is None and not args.task_spec:
         parser.error("--data_dir is required (with --task, the GLUE data the pods read, e.g. gs://BUCKET/glue).")

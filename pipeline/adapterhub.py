@@ -25,18 +25,15 @@ Configurations that cannot be reproduced exactly are refused, naming the field, 
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import sys
 from typing import Optional, Sequence
 
 from pipeline import console
 
+if __name__ == "__main__":  # before TensorFlow is imported (pipeline/console.py)
+    console.setup_command(sys.argv[1:])
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-console.ignore_benign_warnings()  # the Google Cloud clients' version notices; every other warning shows
-if __name__ == "__main__":  # this command owns its console: TensorFlow's known-benign C++ lines are left out
-    atexit.register(console.StderrFilter(console.CPP_BENIGN_LINES).close)
 
 from modules.config import TrainingConfig
 from pipeline import configs
@@ -67,6 +64,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                      help="max tokens per example when serving it (the tokenizer's truncation)")
     imp.add_argument("--head_labels", help="the task's label names in the order of the head's outputs, comma-separated "
                                            "(needed when the head's label2id does not name them)")
+    for command in (export, imp):
+        console.add_verbose_flag(command)
     return parser.parse_args(argv)
 
 

@@ -21,7 +21,6 @@ Refused, before anything is written: two adapter sets of one task, adapters trai
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import sys
 import time
@@ -29,11 +28,9 @@ from typing import Optional, Sequence
 
 from pipeline import console
 
+if __name__ == "__main__":  # before TensorFlow is imported (pipeline/console.py)
+    console.setup_command(sys.argv[1:])
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-console.ignore_benign_warnings()  # the Google Cloud clients' version notices; every other warning shows
-if __name__ == "__main__":  # this command owns its console: TensorFlow's known-benign C++ lines are left out
-    atexit.register(console.StderrFilter(console.CPP_BENIGN_LINES).close)
 
 from pipeline import configs
 
@@ -55,6 +52,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--model", help="backbone (default: the one the adapters were trained with, from their config)")
     parser.add_argument("--pipeline_prefix", default=configs.PIPELINE_NAME,
                         help="task pipelines are named <prefix>-<task>")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if not args.tasks and not args.adapters and not args.task_spec:
         parser.error("give --tasks, --task_spec and/or --adapters")

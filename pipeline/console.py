@@ -1,13 +1,17 @@
-"""The main command's console: every line it prints is one a user should read.
+"""The console of every command (`python -m pipeline.run`, `kubeflow.runner`, `pipeline.bundle`, ...): every
+line it prints is one a user should read. Each command calls setup_command first, before TensorFlow is imported.
 
 Known-benign messages are dropped where they are emitted, each with the reason it is benign: log records by
 the one logger that emits them (a filter on a logger sees only that logger's own records) and the start of
 their text; Python warnings by category, warning module and text; the C++ lines TensorFlow writes to file
-descriptor 2 by their text. Every other warning and error gets through, and `--verbose` (pipeline/run.py)
-installs none of these filters.
+descriptor 2 by their text. So are the log records of an error that is raised on to the command, which reports
+it in one line (REPORTED_ERRORS). Every other warning and error gets through, and `--verbose` installs none of
+these filters.
 """
 from __future__ import annotations
 
+import argparse
+import atexit
 import dataclasses
 import logging
 import os
@@ -15,7 +19,9 @@ import re
 import subprocess
 import sys
 import warnings
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
+
+VERBOSE_FLAG = "--verbose"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,17 @@ BENIGN_MESSAGES = (
                                                             r"PyTorch model",
                   "A success notice at warning level (PyTorch-format backbones); a mismatch still warns."),
 )
+# Errors logged where they are raised and then raised on, up to the command, which prints each as its one line
+# ("error: the pipeline stopped: ValueError: <file>: ..."): without --verbose the log does not print them first,
+# with a traceback that is Beam's or TFX's, not the user's.
+REPORTED_ERRORS = (
+    BenignMessage("apache_beam.runners.common", r"(?s).*\[while running '",
+                  "Beam logs the exception of a failed transform, with its traceback, then raises it again with the "
+                  "step's name appended (DoFnRunner._reraise_augmented): this is the error the command reports."),
+    BenignMessage("absl", r"Execution \d+ failed\.$",
+                  "TFX's launcher records the failed execution in ML Metadata and raises its error on, which the "
+                  "command reports."),
+)
 # Python warnings: (category, module that warns, start of the message).
 # All three come from Google Cloud client libraries (Beam's GCP extra, Vertex AI) at import, about the versions
 # that TFX 1.16 requires (Python 3.10) or that requirements.lock pins with it: nothing a user here can act on.
@@ -95,7 +112,7 @@ class BenignFilter(logging.Filter):
         return not any(p.match(message) for p in self.patterns)
 
 
-def quiet_known_benign(messages: Sequence[BenignMessage] = BENIGN_MESSAGES) -> None:
+def quiet_known_benign(messages: Sequence[BenignMessage] = BENIGN_MESSAGES + REPORTED_ERRORS) -> None:
     """Installs one BenignFilter on each logger named in `messages` (once: the runner may run twice in a process)."""
     patterns_by_logger: Dict[str, List[str]] = {}
     for message in messages:
@@ -147,3 +164,31 @@ class StderrFilter:
         os.dup2(self.saved, 2)
         os.close(self.saved)
         self.child.wait()
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """The flag setup_command looks for, in a command's --help."""
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="show the whole console: TensorFlow's C++ lines and the known-benign messages "
+                             "and errors that pipeline/console.py leaves out")
+
+
+def setup_command(argv: Sequence[str]) -> Optional[StderrFilter]:
+    """The console of a `python -m` command; call it first, before anything imports TensorFlow: its C++ runtime
+    reads TF_CPP_MIN_LOG_LEVEL once, and prints the CUDA registration lines, at import.
+
+    argv: the command's arguments; --verbose among its own flags (before a lone `--`, after which Beam's come)
+    turns every filter off. Otherwise: TensorFlow's C++ INFO and WARNING lines off, and the known-benign Python
+    warnings, log records (with REPORTED_ERRORS) and C++ lines left out. Returns the StderrFilter (closed at exit;
+    a command may close it earlier, e.g. before its summary), or None with --verbose.
+    """
+    argv = list(argv)
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    if VERBOSE_FLAG in own:
+        return None
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    ignore_benign_warnings()
+    quiet_known_benign()
+    stderr_filter = StderrFilter(CPP_BENIGN_LINES)
+    atexit.register(stderr_filter.close)  # also after an error: its message is passed on before the exit
+    return stderr_filter

@@ -31,6 +31,7 @@ import urllib.request
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task, load_task_spec
+from pipeline import console
 
 DEFAULT_SIGNATURE = "predict_text"  # modules.trainer.TEXT_SIGNATURE
 # Output names of the signature (modules.metrics; repeated so that this client does not import TFMA).
@@ -261,6 +262,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="examples per request")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per request")
     parser.add_argument("--json", action="store_true", help="one JSON object per example")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.batch_size <= 0:
         parser.error("--batch_size must be positive.")
@@ -303,4 +305,5 @@ if __name__ == "__main__":
     import signal
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
+    console.setup_command(sys.argv[1:])  # before --grpc imports TensorFlow (pipeline/console.py)
     main()

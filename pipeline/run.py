@@ -11,26 +11,20 @@ wall time per component.
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging as std_logging
 import os
 import sys
 import time
+import traceback
 from typing import List, Optional, Sequence, Tuple
 
 from pipeline import console
 
-# Decided before TensorFlow is imported (it reads its C++ log level once): `python -m pipeline.run` owns its
-# process's console (pipeline/console.py), and its --verbose shows everything.
+# Before TensorFlow is imported: `python -m pipeline.run` owns its process's console (pipeline/console.py), and
+# its --verbose shows everything.
 MAIN_COMMAND = __name__ == "__main__"
-VERBOSE = MAIN_COMMAND and "--verbose" in sys.argv[1:]
+STDERR_FILTER = console.setup_command(sys.argv[1:]) if MAIN_COMMAND else None
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-if not VERBOSE:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines
-    console.ignore_benign_warnings()
-STDERR_FILTER = console.StderrFilter(console.CPP_BENIGN_LINES) if MAIN_COMMAND and not VERBOSE else None
-if STDERR_FILTER:
-    atexit.register(STDERR_FILTER.close)  # also after an error: its message is passed on before the exit
 
 from absl import logging
 
@@ -234,7 +228,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     start = time.time()
     try:
         tfx.orchestration.LocalDagRunner().run_with_ir(compile_local(pipeline))
-    except Exception as e:  # a component failed; its message says what and where (--verbose: the full log)
+    except Exception as e:  # a component failed; its message says what and where (--verbose: and the traceback)
+        if args.verbose:
+            traceback.print_exc()
         sys.exit(f"error: the pipeline stopped: {type(e).__name__}: {e}")
     if STDERR_FILTER:
         STDERR_FILTER.close()  # the log's last lines before the summary

@@ -1,16 +1,23 @@
-"""The main command's console filters (pipeline/console.py), each on its own: scoped to one logger and one message,
-one Python warning from one module, one C++ line on file descriptor 2. The whole console of a real run is checked
-by tests/test_pipeline_e2e.py."""
+"""The commands' console filters (pipeline/console.py), each on its own: scoped to one logger and one message,
+one Python warning from one module, one C++ line on file descriptor 2; every command sets them up before TensorFlow
+is imported, and a data error is one line. The whole console of a real run is checked by tests/test_pipeline_e2e.py."""
 import logging
 import os
 import signal
 import subprocess
 import sys
 import warnings
+from typing import List
 
 import pytest
 
 from pipeline import console
+from tiny_mrpc import MRPC_HEADER, write_mrpc
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every `python -m` command, with arguments that show the help where --verbose is.
+COMMANDS = [("pipeline.run", ["--help"]), ("kubeflow.runner", ["--help"]), ("pipeline.bundle", ["--help"]),
+            ("pipeline.adapterhub", ["export", "--help"]), ("pipeline.predict", ["--help"])]
 
 # Each known-benign message as the main command printed it (logger, message), before the filters existed.
 PRINTED = [
@@ -34,6 +41,10 @@ PRINTED = [
     ("transformers.modeling_tf_pytorch_utils", "All PyTorch model weights were used when initializing TFBertModel.\n"),
     ("transformers.modeling_tf_pytorch_utils", "All the weights of TFBertModel were initialized from the PyTorch "
                                                "model.\nIf your task is similar to the task ..."),
+    # REPORTED_ERRORS: what the run logged before its own one line, for a header-only train.tsv.
+    ("apache_beam.runners.common", "/tmp/glue/MRPC/train.tsv: no data rows (expected a header line and at least one "
+                                   "row). [while running 'InputToRecord[train]/ReadFile']"),
+    ("absl", "Execution 1 failed."),
 ]
 # What must get through: the same loggers' real warnings.
 REAL = [
@@ -42,13 +53,15 @@ REAL = [
     ("transformers.modeling_tf_pytorch_utils", "Some weights of the PyTorch model were not used when initializing "
                                                "the TF 2.0 model TFBertModel: ['cls.predictions.bias']"),
     ("transformers.modeling_tf_utils", "Some layers of TFBertModel were not initialized from the model checkpoint"),
+    ("apache_beam.runners.common", "a Beam error without a step"),
+    ("absl", "Execution 1 failed to publish its outputs."),
 ]
 
 
 def is_benign(logger: str, message: str) -> bool:
     record = logging.LogRecord(logger, logging.WARNING, __file__, 1, message, None, None)
     return any(m.logger == logger and not console.BenignFilter([m.pattern]).filter(record)
-               for m in console.BENIGN_MESSAGES)
+               for m in console.BENIGN_MESSAGES + console.REPORTED_ERRORS)
 
 
 @pytest.mark.parametrize("logger, message", PRINTED)
@@ -108,7 +121,78 @@ def test_stderr_filter_passes_everything_on_when_the_process_crashes() -> None:
                f"os.write(2, {(CUDA_LINE + REAL_LINE).encode()!r})\n"
                "sys.stderr.write('Fatal Python error: the last words\\n'); sys.stderr.flush()\n"
                "os.abort()\n")
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    crashed = subprocess.run([sys.executable, "-c", program], cwd=repo_root, capture_output=True, text=True)
+    crashed = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True, text=True)
     assert crashed.returncode == -signal.SIGABRT
     assert crashed.stderr == REAL_LINE + "Fatal Python error: the last words\n"
+
+
+def command(module: str, *argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m module argv` as a user runs it: from the repository, without the tests' TF_CPP_MIN_LOG_LEVEL."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# Runs a command's module as `python -m` does, with setup_command wrapped: it must be called once, with the
+# command's arguments, before anything has imported TensorFlow (its C++ runtime prints the CUDA lines at import).
+SETUP_PROBE = """
+import runpy, sys
+from pipeline import console
+calls = []
+setup = console.setup_command
+def probe(argv):
+    calls.append(("tensorflow" in sys.modules, list(argv)))
+    return setup(argv)
+console.setup_command = probe
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+finally:
+    print(calls)
+"""
+
+
+@pytest.mark.parametrize("module, argv", COMMANDS, ids=[module for module, _ in COMMANDS])
+def test_every_command_sets_up_its_console_before_tensorflow(module: str, argv: List[str]) -> None:
+    result = subprocess.run([sys.executable, "-c", SETUP_PROBE, module, *argv], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == str([(False, argv)]), result.stdout[-3000:]
+    assert "--verbose" in result.stdout  # the flag that turns the filters off, in the command's --help
+
+
+def test_verbose_is_a_flag_of_the_command_not_of_beam() -> None:
+    """After a lone `--` the arguments are Beam's: a `--verbose` there leaves the console filtered."""
+    program = ("from pipeline import console\n"
+               "print(console.setup_command(['--task', 'mrpc', '--', '--verbose']) is not None,"
+               " console.setup_command(['--verbose', '--', '--runner=DirectRunner']) is None)")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "True"], result.stderr[-2000:]
+
+
+def test_kubeflow_runner_prints_no_cuda_lines(tmp_path) -> None:
+    output = tmp_path / "p.json"
+    result = command("kubeflow.runner", "--image", "IMAGE", "--pipeline_root", "gs://b/root",
+                     "--data_dir", "gs://b/glue", "--serving_dir", "gs://b/serving", "--output", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert output.exists()
+    assert "Unable to register" not in result.stderr, result.stderr[-3000:]
+    assert not console.CPP_BENIGN_LINES.search(result.stderr.encode()), result.stderr[-3000:]
+
+
+def error_lines(stderr: str) -> List[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
+
+
+def test_header_only_train_file_is_one_error_line(tmp_path) -> None:
+    """A data error fails ExampleGen, the first component: one line, naming the file; no Beam or TFX traceback."""
+    data_dir = write_mrpc(str(tmp_path / "glue"), train_rows=0, eval_rows=4, shuffle_train_labels=False, seed=0)
+    train = os.path.join(data_dir, "MRPC", "train.tsv")
+    with open(train, encoding="utf-8") as f:
+        assert f.read() == MRPC_HEADER + "\n"  # the header, no row
+    result = command("pipeline.run", "--task", "mrpc", "--data_dir", data_dir, "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Unable to register" not in result.stderr, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("error: the pipeline stopped: ") and train in line, line
+    assert line == result.stderr.splitlines()[-1]
