@@ -14,12 +14,14 @@ The file written depends on --output's extension:
   .json         a PipelineJob (pipelineSpec + runtimeConfig), for Vertex AI Pipelines;
   .yaml / .yml  the PipelineSpec alone, KFP's package format (kfp.Client, the KFP UI; Vertex AI reads it too).
 Both carry the pipeline root as the spec's defaultPipelineRoot. See kubeflow/README.md for what runs where.
+The Trainer's machine: --trainer_cpu, --trainer_memory, --trainer_accelerator[_count], --trainer_image.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -30,11 +32,78 @@ if __name__ == "__main__":  # before TensorFlow is imported (pipeline/console.py
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import yaml
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipeline import configs, run
 
 REMOTE_FLAGS = ("pipeline_root", "data_dir", "serving_dir")
 OUTPUT_EXTENSIONS = (".json", ".yaml", ".yml")
+ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+# The formats of KFP's own SDK (PipelineTask.set_cpu_limit / set_memory_limit; here memory needs its unit), turned
+# into the units of the spec's ResourceSpec: vCPUs, and decimal gigabytes (the KFP backend's pod limit "<value>G").
+CPU = re.compile(r"(?P<number>([0-9]*[.])?[0-9]+)(?P<milli>m?)")
+MEMORY = re.compile(r"(?P<number>([0-9]*[.])?[0-9]+)(?P<unit>[KMGT]i?)")
+MEMORY_UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40}
+# Vertex AI's accelerator names (NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3, ...) or a Kubernetes extended resource
+# name, as the KFP backend sets it as the pod's limit (nvidia.com/gpu).
+ACCELERATOR = re.compile(r"[A-Z][A-Z0-9]*_[A-Z0-9_]+"
+                         r"|[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+def trainer_resources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[ResourceSpec]:
+    """The Trainer's machine from --trainer_cpu, --trainer_memory and --trainer_accelerator[_count], checked
+    (parser.error names the flag); None if none is given, leaving the platform's default machine."""
+    spec = ResourceSpec()
+    if args.trainer_cpu is not None:
+        match = CPU.fullmatch(args.trainer_cpu)
+        if not match or float(match["number"]) <= 0:
+            parser.error(f"--trainer_cpu {args.trainer_cpu!r}: expected a positive number of vCPUs, e.g. 8 or 0.5, "
+                         "or millicores, e.g. 500m.")
+        spec.cpu_limit = float(match["number"]) / (1000 if match["milli"] else 1)
+    if args.trainer_memory is not None:
+        match = MEMORY.fullmatch(args.trainer_memory)
+        if not match or float(match["number"]) <= 0:
+            parser.error(f"--trainer_memory {args.trainer_memory!r}: expected a positive amount with its unit, e.g. "
+                         f"32G or 30Gi (units {', '.join(MEMORY_UNITS)}).")
+        spec.memory_limit = float(match["number"]) * MEMORY_UNITS[match["unit"]] / 1e9
+    if args.trainer_accelerator_count is not None and args.trainer_accelerator is None:
+        parser.error("--trainer_accelerator_count needs --trainer_accelerator (the accelerator's type).")
+    if args.trainer_accelerator is not None:
+        if not ACCELERATOR.fullmatch(args.trainer_accelerator):
+            parser.error(f"--trainer_accelerator {args.trainer_accelerator!r}: expected a Vertex AI accelerator type "
+                         "such as NVIDIA_TESLA_T4 or NVIDIA_L4, or a Kubernetes resource name such as nvidia.com/gpu.")
+        count = 1 if args.trainer_accelerator_count is None else args.trainer_accelerator_count
+        if count < 1:
+            parser.error(f"--trainer_accelerator_count {count}: expected a positive number of accelerators.")
+        spec.accelerator.type = args.trainer_accelerator
+        spec.accelerator.count = count
+    return spec if spec.ListFields() else None
+
+
+def describe_machine(resources: Optional[ResourceSpec], image: str) -> str:
+    """E.g. "8 vCPUs, 32 GB, 1 x NVIDIA_L4, image IMAGE"; the platform's default for what is not set."""
+    parts = []
+    if resources and resources.cpu_limit:
+        parts.append(f"{resources.cpu_limit:.4g} vCPUs")
+    if resources and resources.memory_limit:
+        parts.append(f"{resources.memory_limit:.4g} GB")
+    if resources and resources.accelerator.type:
+        parts.append(f"{resources.accelerator.count} x {resources.accelerator.type}")
+    return ", ".join(parts + [f"image {image}"])
+
+
+def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
+    """The Trainer's machine: only it trains a model; every other task keeps the platform's default machine."""
+    trainer = parser.add_argument_group("the Trainer's machine (default: the platform's, e.g. Vertex AI's "
+                                        "e2-standard-4; see kubeflow/README.md)")
+    trainer.add_argument("--trainer_cpu", metavar="CPUS", help="vCPUs, e.g. 8, or millicores, e.g. 7500m")
+    trainer.add_argument("--trainer_memory", metavar="AMOUNT", help="memory with its unit, e.g. 32G or 30Gi")
+    trainer.add_argument("--trainer_accelerator", metavar="TYPE",
+                         help="Vertex AI: NVIDIA_TESLA_T4, NVIDIA_L4, ...; Kubeflow Pipelines: nvidia.com/gpu")
+    trainer.add_argument("--trainer_accelerator_count", type=int, metavar="N",
+                         help="accelerators of that type (default 1)")
+    trainer.add_argument("--trainer_image", metavar="IMAGE",
+                         help="the Trainer's container image, e.g. one with CUDA for a GPU (default --image)")
 
 
 def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
@@ -50,8 +119,10 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
                         help="Pusher destination: <serving_dir>/<task>/<version>/, e.g. gs://BUCKET/serving")
     parser.add_argument("--output", help="file to write, .json or .yaml (default <pipeline name>.json in the current directory)")
     run.add_pipeline_flags(parser)
+    add_trainer_flags(parser)
     console.add_verbose_flag(parser)
     args = parser.parse_args(ours)
+    args.trainer_resources = trainer_resources(args, parser)
     if args.data_dir is None and not args.task_spec:
         parser.error("--data_dir is required (with --task, the GLUE data the pods read, e.g. gs://BUCKET/glue).")
     for flag in REMOTE_FLAGS:
@@ -66,6 +137,7 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
 def compile_pipeline(args: argparse.Namespace, beam_args: List[str]) -> Tuple[str, Dict[str, Any]]:
     """Builds the pipeline and its PipelineJob; returns the output path and the job as a dict."""
     from tfx import v1 as tfx
+    from tfx.orchestration.kubeflow.v2.pipeline_builder import DEFAULT_IMAGE_PATH_KEY
 
     from pipeline.pipeline import UNCACHED_NODES, create_pipeline, pipeline_name_for
 
@@ -83,9 +155,14 @@ def compile_pipeline(args: argparse.Namespace, beam_args: List[str]) -> Tuple[st
         compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
         beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=run.data_checks(args),
     )
+    (trainer,) = [c for c in pipeline.components if isinstance(c, tfx.components.Trainer)]
+    if args.trainer_resources:
+        trainer.with_platform_config(args.trainer_resources)  # the executor's container resources in the spec
+    # One image, or the Trainer's own: TFX's per-component image map, with the default under its key.
+    images = {DEFAULT_IMAGE_PATH_KEY: args.image, trainer.id: args.trainer_image} if args.trainer_image else args.image
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         # Schema 2.1.0, the one the KFP 2 SDK writes; TFX defaults to the older 2.0.0 (deprecated parameter fields).
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image, use_pipeline_spec_2_1=True),
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=images, use_pipeline_spec_2_1=True),
     )
     job = runner.run(pipeline, write_out=False)
     for node in UNCACHED_NODES:  # they compare with what is served now: never reuse an earlier run's result
@@ -114,6 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     write_pipeline(path, job)
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
     print(f"wrote {path}: pipeline {job['displayName']}, {len(tasks)} tasks, image {args.image}, root {args.pipeline_root}")
+    if args.trainer_resources or args.trainer_image:
+        print(f"Trainer: {describe_machine(args.trainer_resources, args.trainer_image or args.image)}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ BENIGN_MESSAGES = (
     BenignMessage("absl", r"Examples artifact does not have payload_format custom property\. Falling back to "
                           r"FORMAT_TF_EXAMPLE",
                   "Transform does not record the payload format of its output, which is tf.Examples: the fallback."),
+    BenignMessage("absl", r"DEFAULT_IMAGE_PATH_KEY is not found in default_image\.",
+                  "TFX 1.16's check is inverted (kubeflow/v2/pipeline_builder._check_default_image warns when the key "
+                  "is there): kubeflow.runner's image map for --trainer_image always has the default image's key."),
     BenignMessage("tensorflow", r"Model's `__init__\(\)` arguments contain non-serializable objects\.",
                   "The export saves a tf.Module with its signatures, not a Keras model to rebuild from its config; "
                   "the adapter-only weights are saved with their own JSON config."),

@@ -41,6 +41,7 @@ PRINTED = [
     ("transformers.modeling_tf_pytorch_utils", "All PyTorch model weights were used when initializing TFBertModel.\n"),
     ("transformers.modeling_tf_pytorch_utils", "All the weights of TFBertModel were initialized from the PyTorch "
                                                "model.\nIf your task is similar to the task ..."),
+    ("absl", "DEFAULT_IMAGE_PATH_KEY is not found in default_image."),
     # REPORTED_ERRORS: what the run logged before its own one line, for a header-only train.tsv.
     ("apache_beam.runners.common", "/tmp/glue/MRPC/train.tsv: no data rows (expected a header line and at least one "
                                    "row). [while running 'InputToRecord[train]/ReadFile']"),

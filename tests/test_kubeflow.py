@@ -25,6 +25,12 @@ SERVING = "gs://my-bucket/serving"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
              "--temp_location=gs://my-bucket/tmp", f"--sdk_container_image={IMAGE}"]
 RUN_EXECUTOR = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+GPU_IMAGE = "europe-docker.pkg.dev/my-project/ml/adapter-bert-tfx-gpu:1"
+# The Trainer's machine, as flags and as KFP's own SDK sets the same on a task (kfp.dsl.PipelineTask).
+TRAINER_FLAGS = ["--trainer_cpu", "7500m", "--trainer_memory", "30Gi", "--trainer_accelerator", "NVIDIA_TESLA_T4",
+                 "--trainer_accelerator_count", "2", "--trainer_image", GPU_IMAGE]
+KFP_TASK_SETTINGS = [("set_cpu_limit", "7500m"), ("set_memory_limit", "30Gi"),
+                     ("set_accelerator_type", "NVIDIA_TESLA_T4"), ("set_accelerator_limit", 2)]
 DOCKERFILE = os.path.join(configs.REPO_ROOT, "kubeflow", "Dockerfile")
 
 
@@ -52,8 +58,10 @@ def outputs(tmp_path_factory) -> Dict[str, str]:
     out = tmp_path_factory.mktemp("kubeflow")
     paths = {"mrpc": str(out / "adapter-bert-glue-mrpc.json"), "mrpc_yaml": str(out / "adapter-bert-glue-mrpc.yaml"),
              "mnli": str(out / "nested" / "adapter-bert-glue-mnli.json"),
-             "mrpc_no_baseline": str(out / "adapter-bert-glue-mrpc-no-baseline.json")}
+             "mrpc_no_baseline": str(out / "adapter-bert-glue-mrpc-no-baseline.json"),
+             "mrpc_trainer_machine": str(out / "adapter-bert-glue-mrpc-trainer-machine.json")}
     compile_to(paths["mrpc"], "mrpc")
+    compile_to(paths["mrpc_trainer_machine"], "mrpc", *TRAINER_FLAGS)
     compile_to(paths["mrpc_no_baseline"], "mrpc", "--no_baseline")
     compile_to(paths["mrpc_yaml"], "mrpc")
     # A hub backbone that cannot be downloaded here: it is resolved in the container at run time, not now.
@@ -210,11 +218,71 @@ def test_flags_reach_the_spec_and_remote_data_is_not_read_now(outputs):
      "--data_dir '../glue' must be a URI"),
     (["--image", IMAGE, "--pipeline_root", ROOT, "--data_dir", DATA, "--serving_dir", SERVING, "--output", "p.txt"],
      "must end with one of .json, .yaml, .yml"),
+    (flags("mrpc", "p.json", "--trainer_cpu", "0"), "--trainer_cpu '0': expected a positive number of vCPUs"),
+    (flags("mrpc", "p.json", "--trainer_cpu", "8 cores"), "--trainer_cpu '8 cores': expected a positive number"),
+    (flags("mrpc", "p.json", "--trainer_memory", "32"), "--trainer_memory '32': expected a positive amount with its unit"),
+    (flags("mrpc", "p.json", "--trainer_memory", "32GB"), "--trainer_memory '32GB': expected"),
+    (flags("mrpc", "p.json", "--trainer_accelerator_count", "2"), "--trainer_accelerator_count needs --trainer_accelerator"),
+    (flags("mrpc", "p.json", "--trainer_accelerator", "T4"), "--trainer_accelerator 'T4': expected a Vertex AI accelerator"),
+    (flags("mrpc", "p.json", "--trainer_accelerator", "nvidia.com/gpu", "--trainer_accelerator_count", "0"),
+     "--trainer_accelerator_count 0: expected a positive number"),
 ])
 def test_cli_rejects_what_cannot_run_on_a_cluster(argv, message, capsys):
     with pytest.raises(SystemExit):
         runner.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def executor_label(spec: Dict[str, Any], task: str) -> str:
+    return spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]]["executorLabel"]
+
+
+def executor_of(spec: Dict[str, Any], task: str) -> Dict[str, Any]:
+    return spec["deploymentSpec"]["executors"][executor_label(spec, task)]
+
+
+def kfp_sdk_resources(tmp_path) -> Dict[str, Any]:
+    """The container resources KFP's own SDK writes for a task with KFP_TASK_SETTINGS."""
+    from kfp import compiler, dsl
+
+    @dsl.container_component
+    def train():
+        return dsl.ContainerSpec(image=GPU_IMAGE, command=["true"])
+
+    @dsl.pipeline(name="resources")
+    def resources_pipeline():
+        task = train()
+        for method, value in KFP_TASK_SETTINGS:
+            getattr(task, method)(value)
+
+    path = str(tmp_path / "kfp.yaml")
+    compiler.Compiler().compile(resources_pipeline, path)
+    with open(path) as f:
+        (executor,) = yaml.safe_load(f)["deploymentSpec"]["executors"].values()
+    return executor["container"]["resources"]
+
+
+def test_trainer_machine_flags_set_the_trainer_container_only(outputs, tmp_path):
+    spec = spec_dict(outputs["mrpc_trainer_machine"])
+    deployment = json_format.ParseDict(spec["deploymentSpec"], pipeline_spec_pb2.PipelineDeploymentConfig(),
+                                       ignore_unknown_fields=False)  # the field names KFP and Vertex AI read
+    trainer = executor_of(spec, "Trainer")["container"]
+    resources = deployment.executors[executor_label(spec, "Trainer")].container.resources
+    assert (resources.cpu_limit, round(resources.memory_limit, 6)) == (7.5, 32.212255)  # vCPUs; GB (30 GiB)
+    assert (resources.accelerator.type, resources.accelerator.count) == ("NVIDIA_TESLA_T4", 2)
+    assert trainer["resources"] == kfp_sdk_resources(tmp_path)  # the same values and units as KFP's SDK writes
+    assert trainer["image"] == GPU_IMAGE
+    for task in spec["root"]["dag"]["tasks"]:
+        if task != "Trainer":
+            container = executor_of(spec, task)["container"]
+            assert "resources" not in container and container["image"] == IMAGE, task
+
+
+def test_without_trainer_flags_no_task_asks_for_a_machine(outputs):
+    spec = spec_dict(outputs["mrpc"])
+    containers = [executor["container"] for executor in spec["deploymentSpec"]["executors"].values()]
+    assert [c for c in containers if "resources" in c] == []
+    assert {c["image"] for c in containers} == {IMAGE}
 
 
 def test_training_flags_are_validated_before_compiling(tmp_path):
