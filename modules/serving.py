@@ -1,8 +1,10 @@
 """The serving contract of a trained task: the Model artifact `modules.trainer.run_fn` exports.
 
-  <serving_model_dir>/                a SavedModel with two signatures:
+  <serving_model_dir>/                a SavedModel with three signatures:
       serving_default  serialized tf.Examples -> outputs   (TFMA Evaluator, TF Serving tf.Example clients)
       predict_text     raw sentences          -> outputs   (the Transform graph runs inside)
+      bulk_inference   serialized tf.Examples -> the numeric outputs only (TFX's BulkInferrer: tfx_bsl cannot
+                                                  copy a string output such as "label_name" into its logs)
   <serving_model_dir>/../adapters/    the adapter-only weights and their JSON config
 Outputs are "probabilities" [batch, num_labels], "label" [batch] (class id) and "label_name" [batch] (the
 task's label value, e.g. "entailment") for classification, "score" [batch] for regression.
@@ -29,6 +31,7 @@ from modules.model import INPUT_NAMES, AdapterBertClassifier, Untracked
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
 
 TEXT_SIGNATURE = "predict_text"
+BULK_SIGNATURE = "bulk_inference"
 ADAPTERS_SUBDIR = "adapters"  # where run_fn writes adapter-only weights inside a Model artifact
 
 
@@ -73,6 +76,11 @@ class ServingModule(tf.Module):
     def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         return self._predict(tf.io.parse_example(examples, self.raw_feature_spec))
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
+    def serve_examples_numeric(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+        outputs = self._predict(tf.io.parse_example(examples, self.raw_feature_spec))
+        return {name: value for name, value in outputs.items() if value.dtype != tf.string}
+
     def text_signature(self) -> tf.types.experimental.ConcreteFunction:
         """Raw sentences in; single-sentence tasks take only `sentence1`."""
         if self.task.text_b is None:
@@ -87,9 +95,10 @@ class ServingModule(tf.Module):
         return serve_text.get_concrete_function()
 
     def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
-        """Both serving signatures under their exported names, traced: the one place that says what the
+        """The serving signatures under their exported names, traced: the one place that says what the
         SavedModel serves, for `export_serving_model` and for callers that time the tracing apart from the save."""
-        return {"serving_default": self.serve_examples.get_concrete_function(), TEXT_SIGNATURE: self.text_signature()}
+        return {"serving_default": self.serve_examples.get_concrete_function(), TEXT_SIGNATURE: self.text_signature(),
+                BULK_SIGNATURE: self.serve_examples_numeric.get_concrete_function()}
 
 
 def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput,

@@ -50,6 +50,10 @@ BENIGN_MESSAGES = (
     BenignMessage("tensorflow", r"From \S*/tensorflow_model_analysis/\S*: tf_record_iterator \(from "
                                 r"tensorflow\.python\.lib\.io\.tf_record\) is deprecated",
                   "A deprecation inside TFMA 0.47's metrics writer, not in this project's code."),
+    BenignMessage("tensorflow", r"From \S*/tfx_bsl/beam/run_inference\.py:\d+: load \(from "
+                                r"tensorflow\.python\.saved_model\.loader_impl\) is deprecated",
+                  "BulkInferrer's RunInference (tfx_bsl 1.16) loads the SavedModel with the TF1 loader; the model is "
+                  "the same tf.Module SavedModel every other stage loads."),
     BenignMessage("apache_beam.io.tfrecordio", r"Couldn't find python-snappy so the implementation of "
                                                r"_TFRecordUtil\._masked_crc32c is not as fast as it could be\.",
                   "TFRecord checksums in pure Python instead: the same files, and a negligible cost at GLUE's size."),

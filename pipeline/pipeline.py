@@ -2,27 +2,31 @@
 
 GlueExampleGen -> StatisticsGen (with GlueSchemaGen's schema) -> ExampleValidator -> DataGate -> TrainabilityGate
 -> Transform -> Trainer -> Evaluator per eval split (the first one gated: against the served model, above the
-constant predictor) -> AtomicPusher.
+constant predictor) -> AtomicPusher; and, when the task has test files, BulkInferrer (the blessed model on the
+test splits) -> PredictionWriter (prediction files published beside the pushed version).
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.dsl.compiler import compiler
+from tfx.dsl.components.base.base_node import BaseNode
 from tfx.proto.orchestration import pipeline_pb2
 
 from components.data_gate import DataGate
 from components.evaluator import GatedEvaluator
 from components.glue_example_gen.component import GlueExampleGen
 from components.glue_schema_gen import GlueSchemaGen
+from components.prediction_writer import PredictionWriter
 from components.pusher import AtomicPusher
 from components.trainability_gate import TrainabilityGate
 from modules.config import TrainingConfig
-from modules.glue import canonical_name
-from modules.metrics import evaluator_configs
+from modules.glue import GlueTask, canonical_name
+from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, evaluator_configs
+from modules.serving import BULK_SIGNATURE
 from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
@@ -55,6 +59,7 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
     data_checks: DataChecks = DataChecks(),
+    predictions_dir: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline for one task (config.task_spec: a GLUE task or a user's task spec).
 
@@ -66,6 +71,8 @@ def create_pipeline(
       compare_with_baseline: False blesses without comparing with the served model (an explicit opt-out).
       constant_margin: the main metric must beat the constant predictor's score on eval by at least this.
       data_checks: the thresholds of TrainabilityGate, which stops the run before Transform.
+      predictions_dir: where the test splits' predictions are published, <predictions_dir>/<task>/<version>/
+        (default: "predictions" beside serving_dir).
     """
     if constant_margin < 0:
         raise ValueError(f"--constant_margin must be >= 0 (it can only raise the floor), got {constant_margin}.")
@@ -130,11 +137,46 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, data_gate, trainability_gate,
-                    transform, trainer, *evaluators, pusher],
+                    transform, trainer, *evaluators, pusher,
+                    *prediction_stage(example_gen, trainer, evaluators[0], pusher, task,
+                                      predictions_dir or default_predictions_dir(serving_dir))],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def default_predictions_dir(serving_dir: str) -> str:
+    """"predictions" beside the serving directory: outputs/serving -> outputs/predictions."""
+    return os.path.join(os.path.dirname(serving_dir.rstrip("/")) or ".", "predictions")
+
+
+def bulk_inferrer_specs(task: GlueTask, splits: List[str]
+                        ) -> Tuple[tfx.proto.DataSpec, tfx.proto.ModelSpec, tfx.proto.OutputExampleSpec]:
+    """BulkInferrer's settings: the test splits, the numeric signature, its outputs added to each example."""
+    outputs = [OUTPUT_SCORE] if task.is_regression else [OUTPUT_LABEL, OUTPUT_PROBABILITIES]
+    columns = [tfx.proto.PredictOutputCol(output_key=name, output_column=name) for name in outputs]
+    return (tfx.proto.DataSpec(example_splits=splits), tfx.proto.ModelSpec(model_signature_name=[BULK_SIGNATURE]),
+            tfx.proto.OutputExampleSpec(output_columns_spec=[tfx.proto.OutputColumnsSpec(
+                predict_output=tfx.proto.PredictOutput(output_columns=columns))]))
+
+
+def prediction_stage(example_gen: GlueExampleGen, trainer: tfx.components.Trainer, blessing_evaluator: GatedEvaluator,
+                     pusher: AtomicPusher, task: GlueTask, predictions_dir: str) -> List[BaseNode]:
+    """BulkInferrer on the test splits (only for a blessed model) and the PredictionWriter; none without test files."""
+    if not example_gen.test_splits:
+        return []
+    data_spec, model_spec, output_example_spec = bulk_inferrer_specs(task, example_gen.test_splits)
+    bulk_inferrer = tfx.components.BulkInferrer(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        model_blessing=blessing_evaluator.outputs["blessing"], data_spec=data_spec, model_spec=model_spec,
+        output_example_spec=output_example_spec,
+    )
+    writer = PredictionWriter(
+        examples=example_gen.outputs["examples"], inference=bulk_inferrer.outputs["output_examples"],
+        pushed_model=pusher.outputs["pushed_model"], task_spec=task.to_json(), predictions_dir=predictions_dir,
+    )
+    return [bulk_inferrer, writer]
 
 
 def compile_local(pipeline: tfx.dsl.Pipeline) -> pipeline_pb2.Pipeline:

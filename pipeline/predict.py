@@ -4,6 +4,14 @@
     python -m pipeline.predict --grpc --server localhost:8500 --model_name mrpc --task mrpc --tsv MRPC/dev.tsv
     python -m pipeline.predict --model_name glue --task sst2 --signature sst2 --sentence1 "A great film."
     python -m pipeline.predict --model_name tickets --task_spec tickets.yaml --sentence1 "My invoice is wrong."
+    python -m pipeline.predict --task mrpc --input MRPC/test.tsv --output MRPC.tsv --saved_model outputs/serving/mrpc/<v>
+    python -m pipeline.predict --task_spec tickets.yaml --input new.csv --output new_predictions.csv --model_name tickets
+
+--input/--output: a whole unlabelled file, read the way the pipeline reads the task's test files (its format and
+columns; a malformed row stops it, naming file:line) and written the way the pipeline writes their predictions
+(modules/predictions.py: GLUE's index/prediction TSV, or the input's format with id, label and probabilities),
+in batches of --batch_size, from a SavedModel on this machine (--saved_model: a pushed version, or a bundle with
+--signature <task>) or from TF Serving (--model_name).
 
 It calls the SavedModel's raw-text signature ("predict_text" by default; a multi-task bundle's per-task
 signature with --signature <task>), whose inputs are `sentence1` [B] and, for sentence-pair tasks,
@@ -25,6 +33,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -38,6 +47,7 @@ DEFAULT_SIGNATURE = "predict_text"  # modules.trainer.TEXT_SIGNATURE
 OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_SCORE = "probabilities", "label", "label_name", "score"
 REST_PORT, GRPC_PORT = 8501, 8500
 DEFAULT_BATCH_SIZE = 64
+PROGRESS_ROWS = 2000  # --input files longer than this print a progress line every 10 batches
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
@@ -233,6 +243,58 @@ def read_tsv(path: str, task: GlueTask) -> Tuple[List[str], Optional[List[str]]]
     return [row[a] for row in rows], ([row[b] for row in rows] if b is not None else None)
 
 
+def saved_model_predictor(path: str, signature: str):
+    """A function (task, sentence1, sentence2) -> predictions calling `signature` of a SavedModel in this process."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the tokenizer ops inside the signature)
+
+    try:
+        function = tf.saved_model.load(path).signatures[signature]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--saved_model {path}: cannot load a SavedModel ({e}).") from None
+    except KeyError:
+        raise ValueError(f"--saved_model {path} has no signature {signature!r}.") from None
+
+    def predict(task: GlueTask, sentence1: Sequence[str], sentence2: Optional[Sequence[str]]) -> List[Prediction]:
+        inputs = {name: tf.constant(values) for name, values in signature_inputs(task, sentence1, sentence2).items()}
+        return predictions_from_outputs(task, {name: value.numpy() for name, value in function(**inputs).items()})
+
+    return predict
+
+
+def predict_file(task: GlueTask, input_path: str, output_path: str, predict, batch_size: int) -> int:
+    """Predicts every row of an unlabelled file and writes the predictions file; returns the number of rows."""
+    import time
+
+    from components.glue_example_gen.executor import read_examples
+    from modules.glue import FEATURE_INDEX
+    from modules.predictions import PredictionRow, format_predictions
+
+    def text(example, name: str) -> str:
+        return example.features.feature[name].bytes_list.value[0].decode("utf-8")
+
+    examples = list(read_examples(input_path, task, labeled=False))
+    rows, start, progress = [], time.time(), len(examples) > PROGRESS_ROWS
+    for offset in range(0, len(examples), batch_size):
+        batch = examples[offset:offset + batch_size]
+        sentence2 = [text(e, FEATURE_TEXT_B) for e in batch] if task.text_b else None
+        answers = predict(task, [text(e, FEATURE_TEXT_A) for e in batch], sentence2)
+        for example, answer in zip(batch, answers):
+            rows.append(PredictionRow(example.features.feature[FEATURE_INDEX].int64_list.value[0],
+                                      label_id=answer.label_id, probabilities=answer.probabilities, score=answer.score))
+        done, seconds = len(rows), time.time() - start
+        if progress and (done % (10 * batch_size) < batch_size or done == len(examples)):
+            rate = done / max(seconds, 1e-9)
+            print(f"{done}/{len(examples)} rows, {rate:.1f} rows/s, ETA {(len(examples) - done) / rate:.0f} s",
+                  file=sys.stderr)
+    text_out = format_predictions(task, "test", rows)
+    temp = f"{output_path}.tmp"
+    with open(temp, "w", encoding="utf-8", newline="") as f:
+        f.write(text_out)
+    os.replace(temp, output_path)  # never a half-written predictions file
+    return len(rows)
+
+
 def format_prediction(task: GlueTask, prediction: Prediction) -> str:
     if task.is_regression:
         return f"score {prediction.score:.4f}"
@@ -248,7 +310,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     protocol.add_argument("--grpc", dest="grpc", action="store_true", help="gRPC PredictionService")
     parser.set_defaults(grpc=False)  # REST unless --grpc (store_false alone would default to True)
     parser.add_argument("--server", help=f"host:port (default localhost:{REST_PORT} for REST, localhost:{GRPC_PORT} for gRPC)")
-    parser.add_argument("--model_name", required=True, help="the model's name in TF Serving (MODEL_NAME / models.config)")
+    parser.add_argument("--model_name", help="the model's name in TF Serving (MODEL_NAME / models.config)")
+    parser.add_argument("--saved_model", help="with --input: a SavedModel directory on this machine instead of TF Serving")
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--task", help="GLUE task: gives the inputs to send (one or two sentences)")
     task.add_argument("--task_spec", help="your own dataset's task spec file (YAML or JSON), instead of --task")
@@ -258,6 +321,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sentence1", action="append", help="a sentence (repeat for a batch)")
     source.add_argument("--tsv", help="a TSV file of examples (GLUE layout, or sentence1/sentence2 columns)")
+    source.add_argument("--input", help="an unlabelled file in the task's test format; its predictions go to --output")
+    parser.add_argument("--output", help="with --input: the predictions file to write")
     parser.add_argument("--sentence2", action="append", help="the second sentence of a pair (as often as --sentence1)")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="examples per request")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per request")
@@ -268,22 +333,39 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--batch_size must be positive.")
     if args.tsv and args.sentence2:
         parser.error("--sentence2 goes with --sentence1, not --tsv.")
+    if bool(args.input) != bool(args.output):
+        parser.error("--input and --output go together.")
+    if args.saved_model and not args.input:
+        parser.error("--saved_model goes with --input (single sentences and --tsv ask TF Serving).")
+    if not args.saved_model and not args.model_name:
+        parser.error("--model_name is required (or --input with --saved_model).")
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        task = load_task_spec(args.task_spec) if args.task_spec else get_task(args.task)
-        if args.tsv:
-            sentence1, sentence2 = read_tsv(args.tsv, task)
-        else:
-            sentence1, sentence2 = args.sentence1, args.sentence2
-        signature_inputs(task, sentence1, sentence2)  # check before sending anything
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
     server = args.server or f"localhost:{GRPC_PORT if args.grpc else REST_PORT}"
     predict = predict_grpc if args.grpc else predict_rest
+    try:
+        task = load_task_spec(args.task_spec) if args.task_spec else get_task(args.task)
+        if not args.input:
+            sentence1, sentence2 = read_tsv(args.tsv, task) if args.tsv else (args.sentence1, args.sentence2)
+            signature_inputs(task, sentence1, sentence2)  # check before sending anything
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    if args.input:
+        try:
+            if args.saved_model:
+                predictor = saved_model_predictor(args.saved_model, args.signature)
+            else:
+                def predictor(task: GlueTask, sentence1: Sequence[str], sentence2: Optional[Sequence[str]]):
+                    return predict(server, args.model_name, task, sentence1, sentence2, args.signature,
+                                   args.model_version, args.timeout)
+            rows = predict_file(task, args.input, args.output, predictor, args.batch_size)
+        except (ValueError, OSError, ServingError) as e:
+            sys.exit(f"error: {e}")
+        print(f"wrote {args.output}: {rows} predictions")
+        return
     for start in range(0, len(sentence1), args.batch_size):
         batch_a = sentence1[start:start + args.batch_size]
         batch_b = sentence2[start:start + args.batch_size] if sentence2 is not None else None

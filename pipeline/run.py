@@ -112,6 +112,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--pipeline_root", help="where artifacts go (default <output_dir>/pipelines/<pipeline name>)")
     parser.add_argument("--serving_dir", "--saved_models_dir", dest="serving_dir",
                         help="Pusher destination: <serving_dir>/<task>/<version>/ (default <output_dir>/serving)")
+    parser.add_argument("--predictions_dir",
+                        help="the test splits' predictions: <predictions_dir>/<task>/<version>/, <version> the pushed "
+                             "model's (default: 'predictions' beside --serving_dir)")
     parser.add_argument("--metadata_path", help="SQLite ML Metadata file (default <output_dir>/metadata.sqlite)")
     parser.add_argument("--verbose", action="store_true",
                         help="show the full log (TFX's, TensorFlow's C++ lines, the known-benign messages of "
@@ -180,6 +183,8 @@ def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_second
     for pushed in run.outputs.get("PushedModel", []):
         props = pushed.custom_properties
         lines.append(f"pushed to: {props['pushed_destination'].string_value if props['pushed'].int_value else 'not pushed'}")
+    for predictions in run.outputs.get("InferenceResult", []):
+        lines.append(f"predictions: {predictions.custom_properties['summary'].string_value}")
     print("-" * 78)
     print("\n".join(lines + [f"wall time: {wall_seconds:.1f} s"]))
     print("=" * 78)
@@ -213,6 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
             compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
             beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=checks,
+            predictions_dir=args.predictions_dir,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -3,6 +3,8 @@ local pipeline (`pipeline.run.main --task_spec`, as the CLI runs it) with a tiny
   - "intents": 4 classes, JSON Lines, one text, string labels, macro-F1 deciding blessing;
   - "pairs": a sentence-pair task in CSV whose quoted fields hold tabs, commas, doubled quotes and line
     breaks, numeric labels, F1 of the class 1.
+Each also has an unlabelled test file (ids out of order in JSON Lines; CSV rows without an id column, whose row
+numbers are their ids), whose predictions the pipeline publishes in the input's own format.
 One module-scoped run per dataset (64 train / 32 eval rows, 10 epochs of a few steps; about 1-2 minutes
 each on 2 shared cores) that every test reads. Every text carries its own ticket number, so no eval example
 repeats a training one (the TrainabilityGate refuses leaked eval sets), and the label is learnable from a
@@ -19,13 +21,14 @@ import random
 import types
 from typing import Any, List
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
 
 from tiny_bert import write_tiny_bert
 
-TRAIN_ROWS, EVAL_ROWS = 64, 32
+TRAIN_ROWS, EVAL_ROWS, TEST_ROWS = 64, 32, 12
 INTENT_WORDS = {
     "billing": ["invoice", "refund", "charge", "payment"],
     "bug": ["crash", "error", "broken", "freeze"],
@@ -46,7 +49,13 @@ def intents_dataset(directory: str) -> str:
                 text = (f"the {rng.choice(['app', 'site', 'account'])} {rng.choice(INTENT_WORDS[intent])} today, "
                         f"ticket {first_ticket + i}")
                 f.write(json.dumps({"id": 100 + i, "text": text, "intent": intent}) + "\n")
-    spec = {"name": "intents", "format": "jsonl", "files": {"train": "train.jsonl", "eval": "dev.jsonl"},
+    with open(os.path.join(directory, "test.jsonl"), "w", encoding="utf-8") as f:
+        for i in range(TEST_ROWS):  # ids in a file order that is not theirs
+            intent = names[i % len(names)]
+            f.write(json.dumps({"id": 900 - 7 * (i % 3) - i, "text": f"the app {INTENT_WORDS[intent][0]} ticket {3000 + i}"})
+                    + "\n")
+    spec = {"name": "intents", "format": "jsonl",
+            "files": {"train": "train.jsonl", "eval": "dev.jsonl", "test": "test.jsonl"},
             "text_a": "text", "label": "intent", "labels": names, "metrics": ["macro_f1", "accuracy", "mcc"]}
     path = os.path.join(directory, "intents.yaml")
     with open(path, "w") as f:
@@ -73,9 +82,13 @@ def pairs_dataset(directory: str) -> str:
             writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)  # every text quoted, labels bare numbers
             writer.writerow(["question", "answer", "match"])
             writer.writerows(pairs_rows(count, rng, first_ticket))
+    with open(os.path.join(directory, "data", "test.csv"), "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(["question", "answer"])
+        writer.writerows(row[:2] for row in pairs_rows(TEST_ROWS, rng, 3000))
     path = os.path.join(directory, "pairs.yaml")
     with open(path, "w") as f:
-        f.write("name: pairs\nformat: csv\nfiles: {train: data/train.csv, eval: data/dev.csv}\n"
+        f.write("name: pairs\nformat: csv\nfiles: {train: data/train.csv, eval: data/dev.csv, test: data/test.csv}\n"
                 "text_a: question\ntext_b: answer\nlabel: match\nlabels: [0, 1]\nmetrics: [f1, accuracy]\n"
                 "positive_label: 1\n")
     return path
@@ -97,7 +110,8 @@ def run_pipeline(root, spec_path: str, model_dir: str) -> types.SimpleNamespace:
                   "--learning_rate", "0.01", "--batch_size", "16", "--max_seq_length", "32", "--bottleneck_size", "16",
                   "--no_baseline"])
     (last,) = pipeline_runs(metadata_path, pipeline_name_for(task.name, PIPELINE_NAME))
-    return types.SimpleNamespace(task=task, run=last, summary=out.getvalue(), serving_dir=serving_dir)
+    return types.SimpleNamespace(task=task, run=last, summary=out.getvalue(), serving_dir=serving_dir,
+                                 spec_path=spec_path)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +182,34 @@ def test_csv_quoted_fields_arrive_byte_for_byte(pairs):
                   str(e.features.feature["label"].int64_list.value[0])) for e in examples_of(pairs.run, "train"))
     assert got == expected
     assert any("\t" in a for a, _, _ in got) and any('"' in a for a, _, _ in got) and any("\n" in a for a, _, _ in got)
+
+
+def published_predictions(result) -> str:
+    path = result.run.output("InferenceResult").custom_properties["published_to"].string_value
+    pushed = result.run.output("PushedModel").custom_properties["pushed_version"].string_value
+    assert path == os.path.join(os.path.dirname(result.serving_dir), "predictions", result.task.name, pushed)
+    return path
+
+
+def test_json_lines_test_predictions_keep_their_ids_and_answer_like_the_pushed_model(intents):
+    with open(os.path.join(published_predictions(intents), "test.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["id"] for r in records] == sorted(900 - 7 * (i % 3) - i for i in range(TEST_ROWS))
+    with open(os.path.join(os.path.dirname(intents.spec_path), "test.jsonl")) as f:
+        texts = {r["id"]: r["text"] for r in map(json.loads, f)}
+    answers = load_pushed(intents).signatures["predict_text"](sentence1=tf.constant([texts[r["id"]] for r in records]))
+    assert [r["label_name"] for r in records] == [n.decode() for n in answers["label_name"].numpy()]
+    assert [r["label"] for r in records] == answers["label"].numpy().tolist()
+    probabilities = [[r[f"probability_{name}"] for name in intents.task.label_names] for r in records]
+    np.testing.assert_allclose(probabilities, answers["probabilities"].numpy(), atol=1e-6)
+
+
+def test_csv_test_predictions_number_the_rows_of_a_file_without_ids(pairs):
+    with open(os.path.join(published_predictions(pairs), "test.csv"), newline="") as f:
+        records = list(csv.DictReader(f))
+    assert list(records[0]) == ["id", "label_name", "label", "probability_0", "probability_1"]
+    assert [int(r["id"]) for r in records] == list(range(TEST_ROWS))
+    assert all(r["label_name"] in ("0", "1") and r["label_name"] == r["label"] for r in records)
 
 
 def test_signatures_return_label_names_with_class_ids(result):

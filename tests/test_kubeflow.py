@@ -205,9 +205,11 @@ def test_flags_reach_the_spec_and_remote_data_is_not_read_now(outputs):
     assert constant(tasks["GlueExampleGen"], "input_base") == DATA
     splits = json.loads(constant(tasks["GlueExampleGen"], "input_config"))["splits"]
     mnli = get_task("mnli")
-    assert [(s["name"], s["pattern"]) for s in splits] == [
-        (split, f"MNLI/{mnli.splits[split]}") for split in ("train", *mnli.eval_splits)]
+    assert [(s["name"], s["pattern"]) for s in splits] == [  # every split declared: test files are predicted
+        (split, mnli.split_path(split, DATA)[len(DATA) + 1:]) for split in mnli.splits]
+    assert [s["name"] for s in splits][-3:] == ["test", "test_mismatched", "test_ax"]
     assert f'"{SERVING}/mnli"' in json.dumps(pusher(tasks)["inputs"]["parameters"]).replace('\\"', '"')
+    assert constant(tasks["PredictionWriter"], "predictions_dir") == SERVING.rsplit("/", 1)[0] + "/predictions"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -6,11 +6,12 @@ every test reads:
   - the spec executed once: every task ran in DAG order and succeeded, the ExampleGen's pre-cache check fed its
     executor, every downstream input is what the upstream executor wrote, and the pushed model has the
     signatures and answers of the model a local run (pipeline.run, LocalDagRunner: the session's shared
-    `tiny_mrpc_run`) pushes from the same data, backbone and training flags;
+    `tiny_mrpc_run`) pushes from the same data, backbone and training flags, and BulkInferrer with the
+    PredictionWriter publish the same test predictions beside it;
   - a degraded model (learning rate 1e-9, one epoch), compiled the same way and executed second against the same
     serving directory: its Evaluator compares it with the served model (the first execution's push), and it
-    is neither blessed nor pushed, having failed the constant predictor's floor.
-The fixture takes 2 pipeline runs of its own (two executed specs of 10 tasks, each task a fresh Python process)
+    is neither blessed nor pushed, having failed the constant predictor's floor, and predicts nothing.
+The fixture takes 2 pipeline runs of its own (two executed specs of 12 tasks, each task a fresh Python process)
 and the shared local run: see kubeflow/README.md for its timings. Apart from it, a spec whose GLUE files are
 missing stops at its first task, naming the task, its command and its log.
 """
@@ -61,7 +62,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory, tiny_mrpc_run: types.Simp
     return types.SimpleNamespace(
         spec=launcher.load_spec(spec)[0], first=first, degraded=degraded, root=str(root), serving_dir=serving_dir,
         versions_after_first=versions_after_first, versions_after_degraded=served_versions(serving_dir),
-        local_pushed=tiny_mrpc_run.pushed,
+        local_pushed=tiny_mrpc_run.pushed, local_predictions=tiny_mrpc_run.predictions,
     )
 
 
@@ -120,7 +121,7 @@ def test_example_gen_pre_cache_check_fed_its_executor(executed: types.SimpleName
     examples = metadata(executed.first.output("GlueExampleGen", "examples"))
     assert examples["input_fingerprint"].startswith("split:train,num_files:1,")
     assert examples["custom:span"] == 0
-    assert examples["split_names"] == '["train", "eval"]'  # written by the executor
+    assert examples["split_names"] == '["train", "eval", "test"]'  # written by the executor
 
 
 def test_downstream_inputs_are_what_upstream_executors_wrote(executed: types.SimpleNamespace) -> None:
@@ -145,7 +146,8 @@ def test_pushed_model_has_the_local_runs_signatures_and_answers(executed: types.
     assert len(executed.versions_after_first) == 1
     kubeflow_model = tf.saved_model.load(pushed[len("file://"):])
     local_model = tf.saved_model.load(executed.local_pushed)
-    assert set(kubeflow_model.signatures) == set(local_model.signatures) == {"serving_default", "predict_text"}
+    assert set(kubeflow_model.signatures) == set(local_model.signatures) == {
+        "serving_default", "predict_text", "bulk_inference"}
     for name, signature in kubeflow_model.signatures.items():
         assert signature.structured_input_signature == local_model.signatures[name].structured_input_signature
         assert signature.structured_outputs == local_model.signatures[name].structured_outputs
@@ -157,6 +159,16 @@ def test_pushed_model_has_the_local_runs_signatures_and_answers(executed: types.
         np.testing.assert_array_equal(kubeflow_answer["label"].numpy(), local_answer["label"].numpy())
         np.testing.assert_allclose(kubeflow_answer["probabilities"].numpy(), local_answer["probabilities"].numpy(),
                                    rtol=0, atol=1e-6)
+
+
+def test_test_predictions_are_published_beside_the_pushed_version_as_the_local_run_does(
+        executed: types.SimpleNamespace) -> None:
+    published = metadata(executed.first.output("PredictionWriter", "predictions"))["published_to"]
+    version = executed.versions_after_first[0]
+    assert published == f"file://{executed.root}/predictions/mrpc/{version}"
+    with open(os.path.join(published[len("file://"):], "MRPC.tsv")) as kubeflow, \
+            open(os.path.join(executed.local_predictions, "MRPC.tsv")) as local:
+        assert kubeflow.read() == local.read()
 
 
 # --- the degraded model, executed second -------------------------------------------------------------------
@@ -185,6 +197,9 @@ def test_degraded_model_is_not_blessed_and_not_pushed(executed: types.SimpleName
     pushed = metadata(executed.degraded.output("Pusher", "pushed_model"))
     assert pushed["pushed"] == 0 and "pushed_destination" not in pushed
     assert executed.versions_after_degraded == executed.versions_after_first
+    predictions = metadata(executed.degraded.output("PredictionWriter", "predictions"))
+    assert predictions["published_to"] == "" and predictions["summary"] == "none (the model was not blessed)"
+    assert os.listdir(os.path.join(executed.root, "predictions", "mrpc")) == executed.versions_after_first
 
 
 # --- a failing task ----------------------------------------------------------------------------------------

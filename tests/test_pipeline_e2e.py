@@ -12,6 +12,9 @@ and every test reads both:
   - the rerun: every component upstream of the Evaluator is CACHED (same artifacts); the Evaluator reruns,
     now against the served model (the first run's push) as baseline, and nothing new is pushed.
   - the console: none of the known-benign messages of pipeline/console.py, and a real warning still shows.
+  - the test split: BulkInferrer and the PredictionWriter publish MRPC.tsv beside the pushed version, one row per
+    test row in the test file's index order, each label what the pushed model's predict_text answers; the
+    `pipeline.predict --input` CLI writes the same file from the same model.
 """
 import contextlib
 import io
@@ -24,7 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tiny_mrpc import EVAL_ROWS, MAX_SEQ_LENGTH, TASK, TYPO_BEAM_FLAG
+from tiny_mrpc import EVAL_ROWS, MAX_SEQ_LENGTH, TASK, TEST_ROWS, TYPO_BEAM_FLAG
 
 # What the main command printed before pipeline/console.py (issue 16), on every run: not one should show.
 BENIGN_LINES = [
@@ -35,6 +38,7 @@ BENIGN_LINES = [
     "does not have payload_format custom property", "Couldn't find python-snappy",
     "You are using a non-supported Python version", "tf_record_iterator (from tensorflow.python.lib.io.tf_record)",
     "oneDNN supports DT_INT64 only on platforms with AVX-512",
+    "load (from tensorflow.python.saved_model.loader_impl) is deprecated",
 ]
 # Upstream of the resolver, Evaluator and Pusher: their inputs do not change between two identical runs.
 CACHEABLE = ("GlueExampleGen", "StatisticsGen", "GlueSchemaGen", "ExampleValidator", "DataGate", "TrainabilityGate",
@@ -78,7 +82,8 @@ def e2e(tiny_mrpc_run: types.SimpleNamespace, tmp_path_factory: pytest.TempPathF
     runs = pipeline_runs(shared.metadata_path, pipeline_name)
     assert len(runs) == 2, runs
     return types.SimpleNamespace(
-        model_dir=shared.model_dir, serving_dir=shared.serving_dir, node_ids=[c.id for c in pipeline.components],
+        model_dir=shared.model_dir, serving_dir=shared.serving_dir, data_dir=shared.data_dir,
+        node_ids=[c.id for c in pipeline.components],
         first=runs[0], second=runs[1],
         first_summary=shared.summary, second_summary=second_summary, first_console=shared.console,
     )
@@ -230,3 +235,37 @@ def test_serving_default_on_tf_examples_equals_the_keras_model(
     outputs = serving_model.signatures["serving_default"](examples=serialized_examples(with_bookkeeping))
     np.testing.assert_allclose(outputs["probabilities"].numpy(), keras_probabilities, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(outputs["label"].numpy(), keras_probabilities.argmax(axis=1))
+
+
+# --- predictions for the test split --------------------------------------------------------------------------
+
+
+def test_predictions_are_published_beside_the_pushed_version_one_per_test_row_in_index_order(
+        e2e: types.SimpleNamespace, pushed: str, serving_model) -> None:
+    published = e2e.first.output("InferenceResult").custom_properties["published_to"].string_value
+    assert published == os.path.join(os.path.dirname(e2e.serving_dir), "predictions", TASK, os.path.basename(pushed))
+    assert os.listdir(published) == ["MRPC.tsv"]
+    with open(os.path.join(published, "MRPC.tsv")) as f:
+        lines = f.read().splitlines()
+    with open(os.path.join(e2e.data_dir, "MRPC", "test.tsv")) as f:
+        test_rows = [line.split("\t") for line in f.read().splitlines()[1:]]
+    assert lines[0] == "index\tprediction" and len(lines) == TEST_ROWS + 1
+    assert [line.split("\t")[0] for line in lines[1:]] == [row[0] for row in test_rows]
+    answers = serving_model.signatures["predict_text"](
+        sentence1=tf.constant([row[3] for row in test_rows]), sentence2=tf.constant([row[4] for row in test_rows]))
+    expected = [name.decode() for name in answers["label_name"].numpy()]
+    assert [line.split("\t")[1] for line in lines[1:]] == expected
+    assert len(set(expected)) == 2  # not vacuous: the model answers both classes on this test set
+    assert f"predictions: {published} (MRPC.tsv {TEST_ROWS} rows)" in e2e.first_summary
+
+
+def test_predict_cli_writes_the_same_file_for_the_test_file_from_the_pushed_model(
+        e2e: types.SimpleNamespace, pushed: str, tmp_path) -> None:
+    from pipeline import predict
+
+    out = str(tmp_path / "MRPC.tsv")
+    predict.main(["--task", TASK, "--input", os.path.join(e2e.data_dir, "MRPC", "test.tsv"), "--output", out,
+                  "--saved_model", pushed, "--batch_size", "5"])
+    published = e2e.first.output("InferenceResult").custom_properties["published_to"].string_value
+    with open(out) as mine, open(os.path.join(published, "MRPC.tsv")) as pipelines:
+        assert mine.read() == pipelines.read()

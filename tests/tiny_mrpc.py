@@ -22,8 +22,9 @@ from tiny_bert import write_tiny_bert
 
 TASK = "mrpc"
 MAX_SEQ_LENGTH = 32
-TRAIN_ROWS, EVAL_ROWS = 64, 32
+TRAIN_ROWS, EVAL_ROWS, TEST_ROWS = 64, 32, 24
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+MRPC_TEST_HEADER = "index\t#1 ID\t#2 ID\t#1 String\t#2 String"
 TYPO_BEAM_FLAG = "--direct_num_wokers=2"
 # Under these the tiny model learns the task (dev accuracy 0.94 here; test_reliability wants 0.85), far above the
 # constant predictor (F1 0.6667 on this dev set), so it is blessed.
@@ -41,13 +42,15 @@ def synthetic_sentence(rng: random.Random, topic: tuple) -> str:
     return " ".join(words) + " ."
 
 
-def write_mrpc(data_dir: str, train_rows: int, eval_rows: int, shuffle_train_labels: bool, seed: int) -> str:
+def write_mrpc(data_dir: str, train_rows: int, eval_rows: int, shuffle_train_labels: bool, seed: int,
+               test_rows: int = 0) -> str:
     """<data_dir>/MRPC/{train,dev}.tsv in the original format (BOM, header, label, two ids, two sentences); the
     label is learnable from sentence1's topic, so a tiny model learns it in a few steps (the release gate
     blesses only a model that beats the constant predictor). Deterministic; balanced labels.
 
     shuffle_train_labels: the training labels are permuted (the dev labels stay right), so a model trained on
     them is no better than chance on dev.
+    test_rows: also a test.tsv of that many rows in GLUE's test format (index, two ids, two sentences; no label).
     """
     rng = random.Random(seed)
     os.makedirs(os.path.join(data_dir, "MRPC"), exist_ok=True)
@@ -66,6 +69,12 @@ def write_mrpc(data_dir: str, train_rows: int, eval_rows: int, shuffle_train_lab
         lines = [MRPC_HEADER] + [f"{label}\t{1000 + 2 * i}\t{1001 + 2 * i}\t{a}\t{b}"
                                  for i, (label, a, b) in enumerate(rows)]
         with open(os.path.join(data_dir, "MRPC", file_name), "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(lines) + "\n")
+    if test_rows:
+        lines = [MRPC_TEST_HEADER] + [
+            f"{i}\t{5000 + 2 * i}\t{5001 + 2 * i}\t{synthetic_sentence(rng, ANIMALS if i % 3 else VEHICLES)}\t"
+            f"{synthetic_sentence(rng, FILLER + ANIMALS + VEHICLES)}" for i in range(test_rows)]
+        with open(os.path.join(data_dir, "MRPC", "test.tsv"), "w", encoding="utf-8", newline="\n") as f:
             f.write("\n".join(lines) + "\n")
     return data_dir
 
@@ -87,7 +96,8 @@ def first_run(root: str) -> types.SimpleNamespace:
 
     # initializer_range 0.2: outputs that depend on the input, so comparing two models' answers means something.
     model_dir = write_tiny_bert(os.path.join(root, "tiny_bert"), hidden_size=32, num_layers=2, initializer_range=0.2)
-    data_dir = write_mrpc(os.path.join(root, "glue"), TRAIN_ROWS, EVAL_ROWS, shuffle_train_labels=False, seed=0)
+    data_dir = write_mrpc(os.path.join(root, "glue"), TRAIN_ROWS, EVAL_ROWS, shuffle_train_labels=False, seed=0,
+                          test_rows=TEST_ROWS)
     serving_dir, metadata_path = os.path.join(root, "serving"), os.path.join(root, "metadata.sqlite")
     argv = [*TRAINING, "--model", model_dir, "--data_dir", data_dir, "--output_dir", os.path.join(root, "out"),
             "--serving_dir", serving_dir, "--metadata_path", metadata_path,
@@ -98,4 +108,5 @@ def first_run(root: str) -> types.SimpleNamespace:
         model_dir=model_dir, data_dir=data_dir, serving_dir=serving_dir, metadata_path=metadata_path, argv=argv,
         summary=summary, console=console, first=first,
         pushed=first.output("PushedModel").custom_properties["pushed_destination"].string_value,
+        predictions=first.output("InferenceResult").custom_properties["published_to"].string_value,
     )
