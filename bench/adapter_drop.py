@@ -12,8 +12,9 @@ Variants, measured in one process and interleaved (A, B, C, ... A, B, C, ...), m
                  model): only the top 6 - k layers run
   full           full fine-tuning (every weight trains, no adapters)
   adapterhub K=k AdapterHub's Houlsby adapters (bottleneck 64) with its own AdapterDrop (leave_out=[0..k-1]),
-                 on the same MiniLM weights: bench/adapterhub_drop.py, a subprocess in /work/hubenv (skipped,
-                 and said so, if that venv is missing), asked for one measurement at its turn in the rotation
+                 on the same MiniLM weights: bench/studies/adapterhub_drop.py, a subprocess run by $ADAPTERHUB_PYTHON
+                 (skipped, and said so, if that Python is missing), asked for one measurement at its turn in the
+                 rotation
 Each measurement is `--steps` training steps on one synthetic batch (bench.train_throughput.synthetic_batch).
 The cache is built once before training: its cost per example (embeddings + k layers, inference, batch 32,
 length 128) is measured too, and "cached, 10 epochs" charges a tenth of it to every epoch.
@@ -41,27 +42,33 @@ HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "/work/hubenv/bin/python")
 
 
 class AdapterHub:
-    """bench/adapterhub_drop.py as a subprocess answering one measurement per request."""
+    """bench/studies/adapterhub_drop.py as a subprocess answering one measurement per request."""
 
-    def __init__(self, model_dir: str, drops: List[int], threads: int = 0):
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "adapterhub_drop.py")
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "studies", "adapterhub_drop.py")
+
+    def __init__(self, model_dir: str, drops: List[int], threads: int = 0, python: str = ""):
+        self.python = python or HUB_PYTHON
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        self.process = subprocess.Popen([HUB_PYTHON, script, model_dir, "--drops", *map(str, drops)],
+        self.process = subprocess.Popen([self.python, self.SCRIPT, model_dir, "--drops", *map(str, drops)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._answer()
-        self.cpu_seconds_per_step: Dict[int, List[float]] = {k: [] for k in drops}
+        self.cpu_seconds_per_step: Dict[int, List[float]] = {k: [] for k in drops}  # float32 measurements
+        self.last_cpu_seconds_per_step = float("nan")
 
     def _answer(self) -> Dict:
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"{HUB_PYTHON} bench/adapterhub_drop.py ended early (exit {self.process.wait()})")
+            raise RuntimeError(f"{self.python} {self.SCRIPT} ended early (exit {self.process.wait()})")
         return json.loads(line)
 
-    def measure(self, drop: int, steps: int) -> float:
-        self.process.stdin.write(f"{drop} {steps}\n")
+    def measure(self, drop: int, steps: int, bf16: bool = False) -> float:
+        """Examples/s of `steps` AdapterHub training steps at K = drop (bf16: under torch.autocast bfloat16)."""
+        self.process.stdin.write(f"{drop} {steps}{' bf16' if bf16 else ''}\n")
         self.process.stdin.flush()
         answer = self._answer()
-        self.cpu_seconds_per_step[drop].append(answer["cpu_seconds_per_step"])
+        self.last_cpu_seconds_per_step = answer["cpu_seconds_per_step"]
+        if not bf16:
+            self.cpu_seconds_per_step[drop].append(answer["cpu_seconds_per_step"])
         return answer["examples_per_second"]
 
     def close(self) -> None:
@@ -90,7 +97,7 @@ def mrpc_cache(common) -> Dict:
     """The real MRPC training set's prefix cache at K = 2, and SST-2's cache size from its token counts."""
     import numpy as np
     import tensorflow as tf
-    from bench.mrpc_epoch import write_transformed
+    from bench.studies.mrpc_epoch import write_transformed
     from modules import trainer
     from modules.glue import get_task
     from modules.prefix_cache import CACHE_DTYPE, build_prefix_cache

@@ -1,11 +1,11 @@
 """AdapterHub's side of the interoperability check (docs/adapterhub.md) and the reference peer's GLUE dev
-figures (README, issue 15) on MRPC, RTE and STS-B. Runs with a Python that has AdapterHub's `adapters` and PyTorch,
+figures (docs/results.md) on MRPC, RTE and STS-B. Runs with a Python that has AdapterHub's `adapters` and PyTorch,
 never the project's venv:
 
-    /work/hubenv/bin/python bench/adapterhub_glue.py score ADAPTER_DIR [--task mrpc] [--ignore_layer_norms] [--save_logits X.npy]
+    $ADAPTERHUB_PYTHON bench/adapterhub_glue.py score ADAPTER_DIR [--task mrpc] [--ignore_layer_norms] [--save_logits X.npy]
         AdapterHub's dev metrics of an adapter directory (e.g. `python -m pipeline.adapterhub export`'s);
-        compare the saved logits with a served model: `.venv/bin/python -m bench.adapterhub_compare`
-    /work/hubenv/bin/python bench/adapterhub_glue.py train OUT_DIR [--task rte] [--epochs 3] [--seed 42] [--train_examples N]
+        compare the saved logits with a served model: `.venv/bin/python -m bench.studies.adapterhub_compare`
+    $ADAPTERHUB_PYTHON bench/adapterhub_glue.py train OUT_DIR [--task rte] [--epochs 3] [--seed 42] [--train_examples N]
             [--adapter_drop K] [--results bench/results/adapterhub_glue.json]
         trains a Houlsby adapter in AdapterHub with this project's settings and saves it (then import it);
         --adapter_drop K leaves the lowest K layers without adapters (AdapterHub's leave_out, the project's

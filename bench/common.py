@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, List, Sequence
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO_ROOT, "bench", "results")
+# `python -m bench` points its parts at a scratch directory (BENCH_RESULTS_DIR), so a headline run never
+# overwrites the committed results files that back the figures in the docs.
+RESULTS_DIR = os.environ.get("BENCH_RESULTS_DIR") or os.path.join(REPO_ROOT, "bench", "results")
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(REPO_ROOT, "..", "shared", "glue"))
 
 
@@ -44,6 +46,18 @@ def _cpu_flags() -> List[str]:
     except OSError:
         pass
     return []
+
+
+def cpu_kind() -> str:
+    """A short name for the kind of CPU, for results file names: the model name's words and the widest
+    matrix/vector extension TensorFlow can use, e.g. "intel-xeon-amx", "amd-epyc-avx512bf16", "amd-epyc-avx2"
+    (two machines with the same model name but other flags ran 2x apart)."""
+    model = re.sub(r"\((R|TM|tm|r)\)|\b(processor|cpu|with|radeon.*|\d+-core)\b|@.*", " ", _cpu_model(), flags=re.I)
+    words = re.findall(r"[a-z0-9]+", model.lower()) or ["unknown-cpu"]
+    flags = set(_cpu_flags())
+    extension = next((name for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"),
+                                               ("avx512f", "avx512"), ("avx2", "avx2")) if flag in flags), "")
+    return "-".join(words[:4] + ([extension] if extension else []))
 
 
 def glue_file_or_exit(task_directory: str, file_name: str = "train.tsv") -> str:

@@ -15,14 +15,14 @@ The plan (same epoch budget for every row of one invocation, `--epochs`; the tab
   sweep       MRPC adapters with bottleneck 8 and 256, and learning rates 3e-5 and 3e-3 (the paper's grids)
   bf16        MRPC and RTE adapters trained with --precision mixed_bfloat16 (does the faster arithmetic cost accuracy?)
   drops       with `--adapter_drops K ...`: the adapters' main runs at each AdapterDrop K (no adapters in the
-              lowest K layers; issue 17's question: how many layers can go before accuracy drops beyond seed noise)
+              lowest K layers: how many layers can go before accuracy drops beyond seed noise?)
   frozen LN   with `--freeze_layer_norms`: the adapters' main runs with the encoder's layer norms frozen, as
-              AdapterHub's train_adapter does (issue 15's comparison with AdapterHub)
+              AdapterHub's train_adapter does (the comparison with AdapterHub)
 SST-2 trains on a fixed random subset of its train file (`--sst2_train_examples`, or `all`), evaluated on all
-of dev. The issue-15 table: `--epochs 10 --methods adapters --main_only --only mrpc rte cola stsb`,
+of dev. docs/results.md's GLUE table: `--epochs 10 --methods adapters --main_only --only mrpc rte cola stsb`,
 `--epochs 3 --methods full --only mrpc rte cola stsb`, `--epochs 2 --only sst2 --seeds 42 --main_only
---sst2_train_examples all`. Issue 17's accuracy per AdapterDrop K: `--epochs 3 --methods adapters --main_only
---only mrpc rte stsb --seeds 42 --adapter_drops 1 2 3`; its float32 vs bfloat16 at K = 0: `--epochs 10 --methods
+--sst2_train_examples all`. Accuracy per AdapterDrop K: `--epochs 3 --methods adapters --main_only
+--only mrpc rte stsb --seeds 42 --adapter_drops 1 2 3`; float32 vs bfloat16 at K = 0: `--epochs 10 --methods
 adapters --main_only --only rte stsb mrpc --seeds 42 --precision mixed_bfloat16`.
 """
 from __future__ import annotations
@@ -49,7 +49,8 @@ ADAPTER_LR, FULL_LR, BOTTLENECK = 3e-4, 3e-5, 64
 # 10 epochs (MRPC: 85.5 at 3, 84.6 at 10); SST-2, 30x larger than MRPC, gets 2 epochs of all of train.
 HEADLINE = {"adapters": (10, "all"), "full": (3, "all"), "sst2": (2, "all")}  # method or task -> budget
 # AdapterHub's Houlsby adapters (`adapters` 1.3.0, PyTorch) on the same MiniLM-L6 weights, 10 epochs, mean of
-# three seeds (GLUE dev, main metric x100), as issue 15 reports them.
+# three seeds (GLUE dev, main metric x100): the reference the project was asked to match (docs/results.md,
+# "AdapterHub, reference"); their seeds and exact recipe are not on record.
 ADAPTERHUB_REFERENCE = {"mrpc": 86.9, "rte": 60.9, "stsb": 86.2, "cola": 25.5, "sst2": 87.8}
 # AdapterHub run here with this project's recipe (bench/adapterhub_glue.py train --results ...): the README's
 # table puts its 10-epoch runs beside the reference.
@@ -301,7 +302,7 @@ def headline(rows: List[Dict[str, Any]]) -> None:
                       f"{difference:+.1f}" if difference is not None else "-", f"{ADAPTERHUB_REFERENCE[task]:.1f}",
                       summary(hub[task]) if task in hub else "-"])
     print_table(["task", "metric", "adapters (10 epochs; SST-2 2)", "full fine-tuning (3 epochs; SST-2 2)",
-                 "adapters - full", "AdapterHub (issue 15)", "AdapterHub (run here)"], table)
+                 "adapters - full", "AdapterHub (reference)", "AdapterHub (run here)"], table)
     if differences:
         print(f"adapters - full fine-tuning, mean over the {len(differences)} tasks with both: "
               f"{statistics.mean(differences):+.1f}")
@@ -364,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--freeze_layer_norms", action="store_true",
                         help="the adapters' main runs with the encoder's layer norms frozen (AdapterHub's choice)")
     parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
-                        help="the adapters' main runs in this precision (issue 17's float32 vs bfloat16 question; "
+                        help="the adapters' main runs in this precision (the float32 vs bfloat16 question; "
                              "not auto, whose arithmetic depends on the CPU the run lands on)")
     parser.add_argument("--sst2_train_examples", type=lambda v: None if v == "all" else int(v), default=20_000,
                         help="a fixed random subset of SST-2's 67,349 training examples, or 'all'")

@@ -2,14 +2,14 @@
 
     python -m bench.mrpc_training [--epochs 10] [--drops 0] [--no-full] [--no-adapterhub]
 
-Issue 17's target is a whole 10-epoch MRPC training (not a steady-state slice), each library at its best
-settings for the same AdapterDrop K. Variants, each one real training run, run in turn on the same machine:
+What a user waits for: a whole MRPC training (not a steady-state slice), each library at its best settings for the
+same AdapterDrop K. Variants, each one real training run, run in turn on the same machine:
   project K=k      `python -m pipeline.run --task mrpc --epochs N --seed S [--adapter_drop k]` (bench.glue_accuracy's
                    run_pipeline; length-bucketed batches, K > 0 with the cached frozen prefix, every core);
                    "Trainer s" is the Trainer component's wall time from ML Metadata (backbone load, counting the
                    data, every epoch and its dev evaluation, SavedModel export)
   project full     the same pipeline with --full_finetune (learning rate 3e-5)
-  AdapterHub K=k   bench/adapterhub_glue.py train in /work/hubenv (Houlsby adapters, bottleneck 64, the same MiniLM
+  AdapterHub K=k   bench/adapterhub_glue.py train run by $ADAPTERHUB_PYTHON (Houlsby adapters, bottleneck 64, the same MiniLM
                    weights and recipe, batches of similar length padded per batch, leave_out=[0..k-1], torch on
                    every core); "whole s" is its training loop with every epoch's dev evaluation and the adapter save
 "train s" is the epochs' training alone in both (each library's per-epoch examples/s, evaluation excluded).
@@ -26,7 +26,7 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
-from bench.common import GLUE_DIR, REPO_ROOT, machine_state, print_table, write_results
+from bench.common import GLUE_DIR, REPO_ROOT, glue_file_or_exit, machine_state, print_table, write_results
 from bench.glue_accuracy import ADAPTER_LR, FULL_LR, Run, main_metric, run_pipeline
 
 HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "/work/hubenv/bin/python")
@@ -83,11 +83,11 @@ def main() -> None:
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "mrpc_training"),
                         help="each invocation writes its pipeline outputs and logs to a new directory here")
     args = parser.parse_args()
-    if not os.path.isfile(os.path.join(GLUE_DIR, "MRPC", "train.tsv")):
-        raise SystemExit(f"error: {GLUE_DIR}/MRPC/train.tsv not found (set GLUE_DIR to the GLUE data).")
+    glue_file_or_exit("MRPC", "train.tsv")
+    glue_file_or_exit("MRPC", "dev.tsv")
     hub = not args.no_adapterhub and os.path.exists(HUB_PYTHON)
     if not args.no_adapterhub and not hub:
-        print(f"AdapterHub skipped: {HUB_PYTHON} not found (its venv: bench/README.md, section 7)")
+        print(f"AdapterHub skipped: {HUB_PYTHON} not found (set ADAPTERHUB_PYTHON; its venv: docs/adapterhub.md)")
     started = machine_state()
     os.makedirs(args.output_dir, exist_ok=True)
     # A fresh pipeline output per invocation: a rerun must train again, not find its Trainer cached by TFX.
@@ -113,7 +113,7 @@ def main() -> None:
               f"dev {main_metric(TASK)} {runs[name]['dev']:.4f}", flush=True)
         # Written after every run: a run stopped part-way keeps the variants it finished.
         write_results("mrpc_training", {"task": TASK, "epochs": args.epochs, "seed": args.seed, "runs": runs,
-                                        "ratios": ratios(runs, args.drops)}, started)
+                                        "ratios": ratios(runs, args.drops), "output_dir": run_dir}, started)
     print()
     print_table(["variant", "trainable params", "whole s", "train s", f"dev {main_metric(TASK)}"],
                 [[name, f"{r['trainable_parameters']:,}", f"{r['whole_seconds']:.0f}", f"{r['train_seconds']:.0f}",

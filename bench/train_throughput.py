@@ -1,6 +1,6 @@
 """Training throughput of MiniLM at batch 32, sequence length 128 (fixed): adapters vs full fine-tuning.
 
-    python -m bench.train_throughput [--steps 5] [--repeats 3] [--no-threads]
+    python -m bench.train_throughput [--steps 5] [--repeats 3] [--no-threads] [--adapterhub PYTHON]
 
 Every variant runs the project's code path: AdapterBertClassifier + trainer.compile_model + Keras fit on
 the same synthetic batch (random token ids, full attention mask, two segments), repeated `--steps` times
@@ -13,6 +13,10 @@ Variants measured in one process:
   adapter_xla        adapter model compiled with jit_compile=True (XLA)
   adapter_bf16       adapter model built under keras.mixed_precision "mixed_bfloat16"
   adapter_bf16_xla   both
+  adapterhub         with --adapterhub PYTHON (a Python with PyTorch and AdapterHub's `adapters`, docs/adapterhub.md):
+                     AdapterHub's Houlsby adapters (bottleneck 64, gelu) on the same MiniLM weights and batch layout,
+                     bench/studies/adapterhub_drop.py at K = 0 in that Python, asked for one measurement at its turn
+  adapterhub_bf16    the same under torch.autocast("cpu", dtype=torch.bfloat16)
 and a breakdown of the adapter and full steps: forward (training=True, with loss) / forward+backward
 (GradientTape, gradients of the trainable variables) / whole Keras train step.
 Thread settings are set at TensorFlow start-up, so they are measured in child processes (one per setting,
@@ -117,6 +121,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per variant")
     parser.add_argument("--thread-rounds", type=int, default=1, help="rounds of child processes per thread setting")
     parser.add_argument("--no-threads", action="store_true", help="skip the thread-setting child processes")
+    parser.add_argument("--adapterhub", metavar="PYTHON", default="",
+                        help="also measure AdapterHub (float32 and bf16 autocast) with this Python, interleaved")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--inter", type=int, default=0, help=argparse.SUPPRESS)
@@ -182,6 +188,23 @@ def main() -> None:
                      ("full_fwd_train", fwd_f), ("full_fwd_bwd", fwd_bwd_f)):
         variants[name] = lambda fn=fn, n=name: loop_rate(fn, features, labels, args.steps, n)
 
+    hub = None
+    if args.adapterhub:
+        from bench.adapter_drop import AdapterHub
+        from modules import backbone
+
+        print("starting AdapterHub...", flush=True)
+        hub = AdapterHub(backbone.resolve_model_dir("minilm"), [0], python=args.adapterhub)
+        trainable["adapterhub"] = trainable["adapterhub_bf16"] = hub.info["trainable_params"]["0"]
+
+        def hub_rate(name: str) -> float:
+            rate = hub.measure(0, args.steps, bf16=name.endswith("bf16"))
+            CPU_SECONDS_PER_STEP.setdefault(name, []).append(hub.last_cpu_seconds_per_step)
+            return rate
+
+        for name in ("adapterhub", "adapterhub_bf16"):
+            variants[name] = lambda n=name: hub_rate(n)
+
     print("warm-up (tracing, XLA compilation)...")
     compile_seconds = {}
     for name, measure in variants.items():
@@ -201,6 +224,8 @@ def main() -> None:
     values = common.interleave(variants, args.repeats)
     med = {name: common.median(v) for name, v in values.items()}
     cpu_med = {name: common.median(CPU_SECONDS_PER_STEP[name]) for name in values}
+    if hub:
+        hub.close()
 
     threads = {}
     if not args.no_threads:
@@ -228,6 +253,9 @@ def main() -> None:
         "adapter_bf16 / adapter": med["adapter_bf16"] / med["adapter"],
         "adapter_bf16_xla / adapter": med["adapter_bf16_xla"] / med["adapter"],
     }
+    if hub:
+        ratios["adapter / adapterhub (float32)"] = med["adapter"] / med["adapterhub"]
+        ratios["adapter_bf16 / adapterhub_bf16"] = med["adapter_bf16"] / med["adapterhub_bf16"]
     # Seconds per step (medians): forward, backward = fwd_bwd - fwd, optimizer+Keras = step - fwd_bwd.
     breakdown = {}
     for kind in ("adapter", "full"):
@@ -262,7 +290,7 @@ def main() -> None:
         "trainable_params": trainable, "ratios": ratios, "breakdown_seconds_per_step": breakdown,
         "cpu_seconds_per_step": {n: {"values": CPU_SECONDS_PER_STEP[n], "median": cpu_med[n]} for n in values},
         "warmup_seconds": compile_seconds, "xla_check": xla_check, "bf16_check": bf16_check,
-        "thread_settings": threads, "targets": targets, "table": table,
+        "thread_settings": threads, "targets": targets, "adapterhub": hub.info if hub else None, "table": table,
     }, started)
 
 

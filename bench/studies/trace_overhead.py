@@ -1,7 +1,7 @@
 """What a Trainer run spends outside its epochs' steps: tracing the first training step and exporting the
 SavedModel, the project's way against TensorFlow's and Keras' defaults (the project's way before 2026-12-03).
 
-    python -m bench.trace_overhead [--repeats 2]
+    python -m bench.studies.trace_overhead [--repeats 2]
 
 Each measurement runs in a fresh child process (TensorFlow keeps traced functions in-process); the variants
 alternate. MiniLM adapter model (trainer.build_model, trainer.compile_model), float32, seed 42.
@@ -158,7 +158,7 @@ def main() -> None:
     runs: Dict[str, list] = {variant: [] for variant in VARIANTS}
     for repeat in range(args.repeats):
         for variant in VARIANTS:
-            cmd = [sys.executable, "-m", "bench.trace_overhead", "--child", variant, "--transform_dir", transform_dir]
+            cmd = [sys.executable, "-m", "bench.studies.trace_overhead", "--child", variant, "--transform_dir", transform_dir]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO_ROOT)
             if out.returncode != 0:
                 print(out.stderr[-3000:])

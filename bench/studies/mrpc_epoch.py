@@ -1,6 +1,6 @@
 """One real MRPC training epoch: fixed padding to 128 vs length-bucketed batches, as the Trainer runs it.
 
-    python -m bench.mrpc_epoch [--repeats 2]
+    python -m bench.studies.mrpc_epoch [--repeats 2]
 
 Tokenises ../shared/glue/MRPC/train.tsv (GLUE_DIR) with the Transform tokenizer (BertPairTokenizer, MiniLM
 vocabulary, max_seq_length 128) into gzip TFRecords holding what the Transform stage writes (input_ids,
