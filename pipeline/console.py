@@ -194,6 +194,9 @@ def setup_command(argv: Sequence[str]) -> Optional[StderrFilter]:
     if VERBOSE_FLAG in own:
         return None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # absl must create its "absl" logger (an ABSLLogger, which records the caller's file, not absl's) before a
+    # filter is put on it: pipeline.run's progress filter keeps the project's messages by that file.
+    import absl.logging  # noqa: F401
     ignore_benign_warnings()
     quiet_known_benign()
     stderr_filter = StderrFilter(CPP_BENIGN_LINES)

@@ -184,6 +184,8 @@ def test_summary_table_reports_task_metrics_blessing_destination_and_time_per_co
 def test_console_shows_real_warnings_and_no_known_benign_message(e2e: types.SimpleNamespace) -> None:
     shown = [line for line in BENIGN_LINES if line in e2e.first_console]
     assert not shown, f"known-benign lines on the console: {shown}\n{e2e.first_console}"
+    # The project's progress shows: the Trainer's per-epoch line (10 epochs in tests/tiny_mrpc.py's TRAINING).
+    assert re.search(r"^INFO:absl:epoch 10/10: loss \d\.\d{4}, eval f1 ", e2e.first_console, re.M), e2e.first_console
     # A real warning gets through: Beam's, about the mistyped flag (from each component that runs Beam).
     assert f"WARNING:apache_beam.options.pipeline_options:Discarding unparseable args: ['{TYPO_BEAM_FLAG}']" \
         in e2e.first_console.splitlines()
