@@ -14,7 +14,8 @@ The file written depends on --output's extension:
   .json         a PipelineJob (pipelineSpec + runtimeConfig), for Vertex AI Pipelines;
   .yaml / .yml  the PipelineSpec alone, KFP's package format (kfp.Client, the KFP UI; Vertex AI reads it too).
 Both carry the pipeline root as the spec's defaultPipelineRoot. See kubeflow/README.md for what runs where.
-The Trainer's machine: --trainer_cpu, --trainer_memory, --trainer_accelerator[_count], --trainer_image.
+The Trainer's machine: --trainer_cpu, --trainer_memory, --trainer_accelerator[_count], --trainer_image; with --tune
+the Tuner, which trains too, runs on the same machine.
 """
 from __future__ import annotations
 
@@ -142,6 +143,7 @@ def compile_pipeline(args: argparse.Namespace, beam_args: List[str]) -> Tuple[st
     from pipeline.pipeline import UNCACHED_NODES, create_pipeline, pipeline_name_for
 
     config = run.training_config(args, check_backbone=False)
+    tuning = run.tuning_config(args, config)
     task = config.task_description()
     data_dir = run.data_dir(args)
     local = [task.split_path(split, data_dir) for split in task.splits if "://" not in task.split_path(split, data_dir)]
@@ -154,12 +156,16 @@ def compile_pipeline(args: argparse.Namespace, beam_args: List[str]) -> Tuple[st
         config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
         compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
         beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=run.data_checks(args),
+        tuning=tuning,
     )
-    (trainer,) = [c for c in pipeline.components if isinstance(c, tfx.components.Trainer)]
+    # The Trainer, and with --tune the Tuner, whose trials are training runs: both on the Trainer's machine.
+    training = [c for c in pipeline.components if isinstance(c, (tfx.components.Trainer, tfx.components.Tuner))]
     if args.trainer_resources:
-        trainer.with_platform_config(args.trainer_resources)  # the executor's container resources in the spec
+        for node in training:
+            node.with_platform_config(args.trainer_resources)  # the executor's container resources in the spec
     # One image, or the Trainer's own: TFX's per-component image map, with the default under its key.
-    images = {DEFAULT_IMAGE_PATH_KEY: args.image, trainer.id: args.trainer_image} if args.trainer_image else args.image
+    images = ({DEFAULT_IMAGE_PATH_KEY: args.image, **{node.id: args.trainer_image for node in training}}
+              if args.trainer_image else args.image)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         # Schema 2.1.0, the one the KFP 2 SDK writes; TFX defaults to the older 2.0.0 (deprecated parameter fields).
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=images, use_pipeline_spec_2_1=True),
@@ -192,7 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
     print(f"wrote {path}: pipeline {job['displayName']}, {len(tasks)} tasks, image {args.image}, root {args.pipeline_root}")
     if args.trainer_resources or args.trainer_image:
-        print(f"Trainer: {describe_machine(args.trainer_resources, args.trainer_image or args.image)}")
+        nodes = "Trainer and Tuner" if args.tune else "Trainer"
+        print(f"{nodes}: {describe_machine(args.trainer_resources, args.trainer_image or args.image)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ because the Trainer module reads it; the runners (`pipeline/`, `kubeflow/`) buil
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from modules.adapters import AdapterConfig
 from modules.backbone import DEFAULT_MODEL
@@ -18,6 +18,12 @@ DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distributi
 # on CPUs with native bfloat16 arithmetic, float32 elsewhere).
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 TRANSFORM_FIELDS = ("task", "task_spec", "model", "max_seq_length")  # TrainingConfig.transform_dict
+# The TrainingConfig fields the Tuner searches (Houlsby et al. section 3.2), under these hyperparameter names.
+TUNED_FIELDS = ("learning_rate", "bottleneck_size", "epochs")
+HYPERBAND_EPOCHS = "tuner/epochs"  # KerasTuner's Hyperband: a trial's epochs are its budget, not a hyperparameter
+STRATEGIES = ("grid", "random", "hyperband")  # TuningConfig.strategy
+# What adapter_config.json records of how the adapters were trained (modules.trainer.run_fn).
+RECORDED_TRAINING_FIELDS = ("learning_rate", "epochs", "batch_size", "warmup_ratio", "weight_decay", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,3 +119,76 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainingConfig":
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """The Tuner stage's search, as Houlsby et al. choose a recipe per task: the grid (the paper's by default),
+    the strategy and trial budget, the holdout carved from train that scores the trials, and early stopping.
+
+    Travels in the Tuner's custom_config under "tuning"; validated on construction (messages name the flag)."""
+
+    learning_rates: Tuple[float, ...] = (3e-5, 3e-4, 3e-3)
+    bottleneck_sizes: Tuple[int, ...] = (8, 64, 256)
+    epochs: Tuple[int, ...] = (3, 20)  # Hyperband: its budget, from 1 epoch up to the largest
+    strategy: str = "grid"
+    # Trials at most; None: the whole grid (grid, random), Hyperband's own brackets (hyperband).
+    max_trials: Optional[int] = None
+    holdout_fraction: float = 0.1  # of each class of train (regression: of each integer score), seeded by --seed
+    patience: int = 3  # stop a trial after this many epochs without a better holdout score; 0: never
+    hyperband_factor: int = 3
+
+    def __post_init__(self) -> None:
+        for flag, values, kind in (("tune_learning_rates", self.learning_rates, float),
+                                   ("tune_bottleneck_sizes", self.bottleneck_sizes, int),
+                                   ("tune_epochs", self.epochs, int)):
+            values = tuple(values)
+            if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in values):
+                raise ValueError(f"--{flag} must be a comma-separated list of positive numbers, got {values!r}.")
+            if kind is int and any(int(v) != v for v in values):
+                raise ValueError(f"--{flag} must be whole numbers, got {values!r}.")
+            if len(set(values)) != len(values):
+                raise ValueError(f"--{flag} lists a value twice: {values!r}.")
+            object.__setattr__(self, flag[len("tune_"):], tuple(kind(v) for v in values))
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--tune_strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}.")
+        if self.max_trials is not None and (not isinstance(self.max_trials, int) or self.max_trials < 1):
+            raise ValueError(f"--tune_max_trials must be a positive integer, got {self.max_trials!r}.")
+        if not 0 < self.holdout_fraction <= 0.5:
+            raise ValueError(f"--holdout_fraction must be in (0, 0.5], got {self.holdout_fraction!r}.")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"--tune_patience must be an integer >= 0 (0: no early stopping), got {self.patience!r}.")
+        if not isinstance(self.hyperband_factor, int) or self.hyperband_factor < 2:
+            raise ValueError(f"--hyperband_factor must be an integer >= 2, got {self.hyperband_factor!r}.")
+
+    def grid_size(self) -> int:
+        """The number of distinct settings (Hyperband: of learning rate and bottleneck size)."""
+        size = len(self.learning_rates) * len(self.bottleneck_sizes)
+        return size if self.strategy == "hyperband" else size * len(self.epochs)
+
+    def check_training(self, config: TrainingConfig) -> None:
+        """Refuses training flags the search cannot honour."""
+        if config.full_finetune:
+            raise ValueError("--tune searches adapter settings (bottleneck size among them): it cannot be combined "
+                             "with --full_finetune.")
+        if config.warm_start:
+            raise ValueError("--tune trains every trial from the backbone: it cannot be combined with --warm_start, "
+                             "whose adapters fix the bottleneck size.")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TuningConfig":
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def tuned_settings(hyperparameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The TrainingConfig fields a Tuner chose, from its best hyperparameters as the Trainer receives them
+    (KerasTuner's HyperParameters config: {"values": {...}, ...}); {} without a Tuner."""
+    values = (hyperparameters or {}).get("values", {})
+    settings = {name: values[name] for name in TUNED_FIELDS if name in values}
+    if HYPERBAND_EPOCHS in values:
+        settings["epochs"] = values[HYPERBAND_EPOCHS]
+    return settings

@@ -14,12 +14,13 @@ step one worker would take on the whole batch. Only the chief writes the model a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -43,11 +44,13 @@ from modules.model import (
     save_adapter_weights,
 )
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
-from modules.config import TrainingConfig
+from modules.config import RECORDED_TRAINING_FIELDS, TrainingConfig, tuned_settings
 from modules.prefix_cache import EXAMPLE_INDEX, PrefixCache, build_prefix_cache
 from modules.serving import adapters_dir, export_serving_model, model_inputs, predict_outputs
 
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
+# Which examples of a split a dataset reads (features -> scalar bool): the Tuner's holdout and the rest of train.
+RowFilter = Callable[[Dict[str, tf.Tensor]], tf.Tensor]
 
 
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -78,12 +81,14 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def _read_transformed(file_patterns: List[str], feature_spec: Dict) -> tf.data.Dataset:
+def _read_transformed(file_patterns: List[str], feature_spec: Dict, rows: Optional[RowFilter] = None) -> tf.data.Dataset:
+    """The examples of the files, in file order; with `rows`, only those it keeps."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"No transformed examples match {file_patterns}.")
     records = without_autotune(tf.data.TFRecordDataset(files, compression_type="GZIP"))
-    return records.batch(512).map(lambda r: tf.io.parse_example(r, feature_spec)).unbatch()
+    examples = records.batch(512).map(lambda r: tf.io.parse_example(r, feature_spec)).unbatch()
+    return examples if rows is None else examples.filter(rows)
 
 
 def make_dataset(
@@ -94,13 +99,15 @@ def make_dataset(
     shuffle_seed: Optional[int],
     bucketing: bool,
     prefix_cache: Optional[PrefixCache] = None,
+    rows: Optional[RowFilter] = None,
 ) -> tf.data.Dataset:
     """(features, label) batches; with `bucketing`, examples of similar length share a batch cut to its longest.
 
-    With `prefix_cache` (built from the same files) the features are the cached frozen prefix's output of the
-    batch's examples instead of their token ids; shuffling and batching are the same.
+    With `prefix_cache` (built from the same files and rows) the features are the cached frozen prefix's output
+    of the batch's examples instead of their token ids; shuffling and batching are the same. With `rows`, only
+    the examples it keeps.
     """
-    dataset = _read_transformed(file_patterns, feature_spec)
+    dataset = _read_transformed(file_patterns, feature_spec, rows)
     if prefix_cache is not None:
         dataset = dataset.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i})
     if shuffle_seed is not None:
@@ -174,11 +181,17 @@ class EpochEta:
 
 
 class ProgressLogger(keras.callbacks.Callback):
-    """Per-epoch loss, eval GLUE metrics, examples/s and ETA to the log and TensorBoard; progress within epochs."""
+    """Per-epoch loss, eval GLUE metrics, examples/s and ETA to the log and TensorBoard; progress within epochs.
+    With `patience`, it also stops training once the main metric has not beaten its best for that many epochs."""
 
     def __init__(self, task: GlueTask, eval_dataset: tf.data.Dataset, num_examples: int, epochs: int, log_dir: str,
-                 batch_size: int, steps_per_epoch: int, log_every_seconds: float = 30.0):
+                 batch_size: int, steps_per_epoch: int, log_every_seconds: float = 30.0, eval_name: str = "eval",
+                 patience: int = 0):
+        """eval_name: what eval_dataset is, in the records' keys, the log and TensorBoard ("holdout" in the Tuner).
+        patience: early stopping (the Tuner's trials on the holdout); 0, the Trainer's: every epoch runs."""
         super().__init__()
+        self.eval_name, self.patience = eval_name, patience
+        self.best_epoch, self.best_value = 0, -np.inf
         self.task, self.eval_dataset, self.num_examples, self.epochs = task, eval_dataset, num_examples, epochs
         self.batch_size, self.steps_per_epoch, self.log_every_seconds = batch_size, steps_per_epoch, log_every_seconds
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "glue"))
@@ -213,15 +226,22 @@ class ProgressLogger(keras.callbacks.Callback):
         metrics = evaluate(self.model, self.task, self.eval_dataset)
         eval_seconds = time.time() - eval_start
         record = {"epoch": epoch + 1, "loss": float(logs["loss"]), "examples_per_second": self.num_examples / seconds,
-                  **{f"eval_{k}": v for k, v in metrics.items()}}
+                  **{f"{self.eval_name}_{k}": v for k, v in metrics.items()}}
         self.history.append(record)
         # The next epochs trace nothing: they take as long as this one's steps that traced nothing.
         step_seconds = self.eta.step_seconds()
         train_seconds = seconds if step_seconds is None else step_seconds * self.steps_per_epoch
         eta = (train_seconds + eval_seconds) * (self.epochs - epoch - 1)
         logging.info("epoch %d/%d: loss %.4f, %s, %.1f examples/s, %.0f s, ETA %.0f s", epoch + 1, self.epochs,
-                     record["loss"], ", ".join(f"eval {k} {v:.4f}" for k, v in metrics.items()),
+                     record["loss"], ", ".join(f"{self.eval_name} {k} {v:.4f}" for k, v in metrics.items()),
                      record["examples_per_second"], seconds, eta)
+        value = metrics[self.task.main_metric]
+        if value > self.best_value:  # every GLUE metric is better when higher
+            self.best_epoch, self.best_value = epoch + 1, value
+        if self.patience and epoch + 1 - self.best_epoch >= self.patience and epoch + 1 < self.epochs:
+            logging.info("stopping early: %s %s %.4f at epoch %d was not beaten in %d epochs", self.eval_name,
+                         self.task.main_metric, self.best_value, self.best_epoch, self.patience)
+            self.model.stop_training = True
         with self.writer.as_default(step=epoch + 1):
             for key, value in record.items():
                 if key != "epoch":
@@ -350,17 +370,26 @@ def train(
     feature_spec: Dict,
     log_dir: str,
     strategy: Optional[tf.distribute.Strategy] = None,
-) -> Tuple[AdapterBertClassifier, List[Dict[str, float]]]:
+    *,
+    train_rows: Optional[RowFilter] = None,
+    eval_rows: Optional[RowFilter] = None,
+    eval_name: str = "eval",
+    patience: int = 0,
+) -> Tuple[AdapterBertClassifier, List[Dict[str, Any]]]:
     """Builds and trains the model under `strategy` (default: the one config.distribution names); returns it
-    and the per-epoch records. `batch_size` is the global batch, split among the workers of the strategy."""
+    and the per-epoch records. `batch_size` is the global batch, split among the workers of the strategy.
+
+    The Tuner's trials: `train_rows` / `eval_rows` keep part of the files (train without its holdout; the
+    holdout), named `eval_name` in the records; `patience` > 0 stops early (see ProgressLogger).
+    """
     strategy = strategy or distribution_strategy(config.distribution)
     task = config.task_description()
     keras.utils.set_random_seed(config.seed)
     train_data = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
-                              shuffle_seed=config.seed, bucketing=config.bucketing)
+                              shuffle_seed=config.seed, bucketing=config.bucketing, rows=train_rows)
     eval_data = make_dataset(eval_files, feature_spec, config.batch_size, config.max_seq_length,
-                             shuffle_seed=None, bucketing=config.bucketing)
-    num_examples = _count(_read_transformed(train_files, feature_spec))
+                             shuffle_seed=None, bucketing=config.bucketing, rows=eval_rows)
+    num_examples = _count(_read_transformed(train_files, feature_spec, train_rows))
     if num_examples == 0:
         raise ValueError(f"No training examples in {train_files}.")
     steps_per_epoch = _count(train_data)  # fixed per epoch: shuffling moves no example to another bucket
@@ -370,7 +399,7 @@ def train(
         model = build_model(config, task)
         compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
     if config.adapter_drop and config.prefix_cache:
-        train_data = _with_prefix_cache(model, config, train_files, feature_spec, strategy, train_data)
+        train_data = _with_prefix_cache(model, config, train_files, feature_spec, strategy, train_data, train_rows)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     total = trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
     logging.info("training %s on %d examples (%d steps/epoch, %d epochs): %d of %d parameters trainable (%.2f%%)",
@@ -378,7 +407,7 @@ def train(
     chief = is_chief(strategy)
     progress_dir = log_dir if chief else tempfile.mkdtemp(prefix="glue-worker-")  # one set of event files
     progress = ProgressLogger(task, eval_data, num_examples, config.epochs, progress_dir, config.batch_size,
-                              steps_per_epoch)
+                              steps_per_epoch, eval_name=eval_name, patience=patience)
     try:  # Keras' TensorBoard callback redirects the other workers' logs itself
         model.fit(train_data, epochs=config.epochs, verbose=0,
                   callbacks=[progress, keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
@@ -389,25 +418,45 @@ def train(
 
 
 def _with_prefix_cache(model: AdapterBertClassifier, config: TrainingConfig, train_files: List[str], feature_spec: Dict,
-                       strategy: tf.distribute.Strategy, train_data: tf.data.Dataset) -> tf.data.Dataset:
+                       strategy: tf.distribute.Strategy, train_data: tf.data.Dataset,
+                       rows: Optional[RowFilter] = None) -> tf.data.Dataset:
     """The training batches on the cached frozen prefix (modules/prefix_cache.py), or `train_data` if no cache."""
     if strategy.num_replicas_in_sync > 1:
         logging.warning("training without the prefix cache: it is built for one replica, this strategy has %d",
                         strategy.num_replicas_in_sync)
         return train_data
     boundaries = [b for b in BUCKET_BOUNDARIES if b < config.max_seq_length]
-    cache = build_prefix_cache(model, _read_transformed(train_files, feature_spec), config.batch_size, boundaries)
+    cache = build_prefix_cache(model, _read_transformed(train_files, feature_spec, rows), config.batch_size, boundaries)
     if cache is None:
         return train_data
     cached = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
-                          shuffle_seed=config.seed, bucketing=config.bucketing, prefix_cache=cache)
+                          shuffle_seed=config.seed, bucketing=config.bucketing, prefix_cache=cache, rows=rows)
     steps_per_epoch = _count(cached)  # iterated once like train_data, so both reshuffle alike in every epoch
     return cached.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
 
 
+def trained_config(fn_args: FnArgs) -> TrainingConfig:
+    """The Trainer's TrainingConfig with the settings a Tuner chose (fn_args.hyperparameters) in place of the
+    flags' values; the flags' config unchanged without a Tuner."""
+    config = TrainingConfig.from_dict(fn_args.custom_config or {})
+    chosen = tuned_settings(fn_args.hyperparameters)
+    if chosen:
+        logging.info("training with the Tuner's choice: %s", ", ".join(f"{k} {v}" for k, v in chosen.items()))
+    return dataclasses.replace(config, **chosen)
+
+
+def training_record(config: TrainingConfig, hyperparameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """What adapter_config.json says of how the adapters were trained: the settings, and the Tuner's search that
+    chose them (its summary, which components.tuner adds to the best hyperparameters), if one did."""
+    record: Dict[str, Any] = {"training": {name: getattr(config, name) for name in RECORDED_TRAINING_FIELDS}}
+    if hyperparameters:
+        record["tuning"] = {"chosen": tuned_settings(hyperparameters), **hyperparameters.get("search", {})}
+    return record
+
+
 def run_fn(fn_args: FnArgs) -> None:
     """Entry point of the TFX Trainer component."""
-    config = TrainingConfig.from_dict(fn_args.custom_config or {})
+    config = trained_config(fn_args)
     strategy = distribution_strategy(config.distribution)  # first: before any other TensorFlow op
     task = config.task_description()
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
@@ -419,7 +468,8 @@ def run_fn(fn_args: FnArgs) -> None:
         if not config.full_finetune:
             save_adapter_weights(model, adapters_dir(fn_args.serving_model_dir),
                                  extra={"task": task.name, "task_spec": task.to_spec(), "model": config.model,
-                                        "max_seq_length": config.max_seq_length})
+                                        "max_seq_length": config.max_seq_length,
+                                        **training_record(config, fn_args.hyperparameters)})
     else:
         # Every worker takes part in saving (reading distributed variables can be a collective op); only the
         # chief's copy is kept.

@@ -1,9 +1,10 @@
 """`create_pipeline`: the one definition of the pipeline, used unchanged by every runner (local Beam, Kubeflow).
 
 GlueExampleGen -> StatisticsGen (with GlueSchemaGen's schema) -> ExampleValidator -> DataGate -> TrainabilityGate
--> Transform -> Trainer -> Evaluator per eval split (the first one gated: against the served model, above the
-constant predictor) -> AtomicPusher; and, when the task has test files, BulkInferrer (the blessed model on the
-test splits) -> PredictionWriter (prediction files published beside the pushed version).
+-> Transform -> [Tuner, with --tune: the recipe per task, chosen on a holdout carved from train] -> Trainer
+-> Evaluator per eval split (the first one gated: against the served model, above the constant predictor)
+-> AtomicPusher; and, when the task has test files, BulkInferrer (the blessed model on the test splits)
+-> PredictionWriter (prediction files published beside the pushed version).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tfx.dsl.compiler import compiler
 from tfx.dsl.components.base.base_node import BaseNode
 from tfx.proto.orchestration import pipeline_pb2
 
+from components.bulk_inferrer import BatchedBulkInferrer
 from components.data_gate import DataGate
 from components.evaluator import GatedEvaluator
 from components.glue_example_gen.component import GlueExampleGen
@@ -23,14 +25,18 @@ from components.glue_schema_gen import GlueSchemaGen
 from components.prediction_writer import PredictionWriter
 from components.pusher import AtomicPusher
 from components.trainability_gate import TrainabilityGate
-from modules.config import TrainingConfig
+from components.tuner import SearchTuner
+from modules.config import TrainingConfig, TuningConfig
 from modules.glue import GlueTask, canonical_name
 from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, evaluator_configs
 from modules.serving import BULK_SIGNATURE
+from modules.tuner import SEARCH_ROOT_KEY, TUNING_KEY
 from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
+TUNER_FN = "modules.tuner.tuner_fn"
+TUNER = "Tuner"
 BLESSING_EVALUATOR = "Evaluator_eval"
 # Nodes that run on every pipeline run even when their inputs are cached: what is served can change between
 # runs (another run's push, a rollback), and the gated Evaluator compares with it. Every orchestrator applies
@@ -60,6 +66,7 @@ def create_pipeline(
     enable_cache: bool = True,
     data_checks: DataChecks = DataChecks(),
     predictions_dir: Optional[str] = None,
+    tuning: Optional[TuningConfig] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline for one task (config.task_spec: a GLUE task or a user's task spec).
 
@@ -73,6 +80,8 @@ def create_pipeline(
       data_checks: the thresholds of TrainabilityGate, which stops the run before Transform.
       predictions_dir: where the test splits' predictions are published, <predictions_dir>/<task>/<version>/
         (default: "predictions" beside serving_dir).
+      tuning: a Tuner between Transform and Trainer searches these settings, and the Trainer trains with its
+        choice; None (no --tune): the Trainer trains with `config` as it is.
     """
     if constant_margin < 0:
         raise ValueError(f"--constant_margin must be >= 0 (it can only raise the floor), got {constant_margin}.")
@@ -102,6 +111,7 @@ def create_pipeline(
         custom_config=config.transform_dict(),
     )
     transform.add_upstream_node(trainability_gate)
+    tuner = search_tuner(transform, config, tuning, pipeline_root) if tuning else None
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -110,6 +120,7 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.to_dict(),
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
     )
     serving_base = os.path.join(serving_dir, task.name)
     (blessing_split, blessing_config), *report_configs = evaluator_configs(
@@ -137,13 +148,30 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, data_gate, trainability_gate,
-                    transform, trainer, *evaluators, pusher,
+                    transform, *([tuner] if tuner else []), trainer, *evaluators, pusher,
                     *prediction_stage(example_gen, trainer, evaluators[0], pusher, task,
                                       predictions_dir or default_predictions_dir(serving_dir))],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def search_tuner(transform: tfx.components.Transform, config: TrainingConfig, tuning: TuningConfig,
+                 pipeline_root: str) -> SearchTuner:
+    """The Tuner: trials on the transformed train split only (its holdout is carved from train, so the eval split
+    that decides blessing never reaches the search); its searches live under <pipeline_root>/Tuner/searches/,
+    where a killed search resumes."""
+    tuning.check_training(config)
+    return SearchTuner(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        tuner_fn=TUNER_FN,
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["train"]),  # no eval split: the holdout is carved from train
+        custom_config={**config.to_dict(), TUNING_KEY: tuning.to_dict(),
+                       SEARCH_ROOT_KEY: os.path.join(pipeline_root, TUNER, "searches")},
+    ).with_id(TUNER)
 
 
 def default_predictions_dir(serving_dir: str) -> str:
@@ -167,11 +195,11 @@ def prediction_stage(example_gen: GlueExampleGen, trainer: tfx.components.Traine
     if not example_gen.test_splits:
         return []
     data_spec, model_spec, output_example_spec = bulk_inferrer_specs(task, example_gen.test_splits)
-    bulk_inferrer = tfx.components.BulkInferrer(
+    bulk_inferrer = BatchedBulkInferrer(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         model_blessing=blessing_evaluator.outputs["blessing"], data_spec=data_spec, model_spec=model_spec,
         output_example_spec=output_example_spec,
-    )
+    ).with_id("BulkInferrer")
     writer = PredictionWriter(
         examples=example_gen.outputs["examples"], inference=bulk_inferrer.outputs["output_examples"],
         pushed_model=pusher.outputs["pushed_model"], task_spec=task.to_json(), predictions_dir=predictions_dir,

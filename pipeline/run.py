@@ -11,6 +11,7 @@ wall time per component.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging as std_logging
 import os
 import sys
@@ -31,7 +32,7 @@ from absl import logging
 from modules import backbone as backbone_lib
 from modules import glue
 from modules.adapters import check_adapter_drop
-from modules.config import TrainingConfig
+from modules.config import STRATEGIES, TrainingConfig, TuningConfig
 from pipeline import configs
 
 PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
@@ -96,6 +97,64 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     for flag, help_text in DATA_CHECK_FLAGS.items():
         parser.add_argument(f"--{flag}", type=float, default=getattr(checks, flag),
                             help=f"{help_text} (default %(default)s)")
+    add_tuning_flags(parser)
+
+
+def _number_list(kind: type, flag: str):
+    """An argparse type: comma-separated numbers of `kind`, the error naming the flag."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{flag} {text!r}: expected comma-separated {kind.__name__} values, "
+                                             "e.g. " + ("3e-5,3e-4,3e-3" if kind is float else "8,64,256"))
+    return parse
+
+
+def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
+    """--tune and its search (docs/tuning.md); the defaults are Houlsby et al.'s grid."""
+    defaults = TuningConfig()
+    tuning = parser.add_argument_group("tuning (--tune: a Tuner chooses learning rate, bottleneck size and epochs on "
+                                       "a holdout carved from train; docs/tuning.md)")
+    tuning.add_argument("--tune", action="store_true",
+                        help="search the settings below before training; the Trainer then trains on all of train "
+                             "with the best trial's (off by default: a search takes many training runs)")
+    for flag, kind, default in (("tune_learning_rates", float, defaults.learning_rates),
+                                ("tune_bottleneck_sizes", int, defaults.bottleneck_sizes),
+                                ("tune_epochs", int, defaults.epochs)):
+        tuning.add_argument(f"--{flag}", type=_number_list(kind, flag), default=default, metavar="LIST",
+                            help=f"values to search (default {','.join(f'{v:g}' for v in default)})"
+                                 + ("; Hyperband: up to the largest, its budget" if flag == "tune_epochs" else ""))
+    tuning.add_argument("--tune_strategy", choices=STRATEGIES, default=defaults.strategy,
+                        help="grid: every combination; random: --tune_max_trials of them; hyperband: epochs as a "
+                             "budget, successive halving (default %(default)s)")
+    tuning.add_argument("--tune_max_trials", type=int, default=defaults.max_trials, metavar="N",
+                        help="trials at most (default: the whole grid; Hyperband: its brackets' own number)")
+    tuning.add_argument("--holdout_fraction", type=float, default=defaults.holdout_fraction,
+                        help="share of each class of train that scores the trials, chosen by --seed "
+                             "(default %(default)s)")
+    tuning.add_argument("--tune_patience", type=int, default=defaults.patience, metavar="EPOCHS",
+                        help="stop a trial after this many epochs without a better holdout score; 0: never "
+                             "(default %(default)s)")
+    tuning.add_argument("--hyperband_factor", type=int, default=defaults.hyperband_factor,
+                        help="Hyperband's reduction factor between rounds (default %(default)s)")
+
+
+def tuning_config(args: argparse.Namespace, config: TrainingConfig) -> Optional[TuningConfig]:
+    """The validated search with --tune, else None; a --tune_* flag without --tune is an error, not ignored."""
+    defaults = TuningConfig()
+    tuning = TuningConfig(
+        learning_rates=args.tune_learning_rates, bottleneck_sizes=args.tune_bottleneck_sizes, epochs=args.tune_epochs,
+        strategy=args.tune_strategy, max_trials=args.tune_max_trials, holdout_fraction=args.holdout_fraction,
+        patience=args.tune_patience, hyperband_factor=args.hyperband_factor)
+    if not args.tune:
+        if tuning != defaults:
+            changed = [f.name for f in dataclasses.fields(TuningConfig)
+                       if getattr(tuning, f.name) != getattr(defaults, f.name)]
+            raise ValueError(f"tuning settings ({', '.join(changed)}) were given without --tune: add --tune to search.")
+        return None
+    tuning.check_training(config)
+    return tuning
 
 
 def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
@@ -183,6 +242,8 @@ def print_summary(task: str, metadata_path: str, pipeline_name: str, wall_second
     for pushed in run.outputs.get("PushedModel", []):
         props = pushed.custom_properties
         lines.append(f"pushed to: {props['pushed_destination'].string_value if props['pushed'].int_value else 'not pushed'}")
+    for results in run.outputs.get("TunerResults", []):
+        lines.append(f"tuning:    {results.custom_properties['summary'].string_value}")
     for predictions in run.outputs.get("InferenceResult", []):
         lines.append(f"predictions: {predictions.custom_properties['summary'].string_value}")
     print("-" * 78)
@@ -203,6 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         config = training_config(args)
         checks = data_checks(args)
+        tuning = tuning_config(args, config)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     from tfx import v1 as tfx
@@ -218,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             config=config, min_eval_value=args.min_eval_value, max_regression=args.max_regression,
             compare_with_baseline=not args.no_baseline, constant_margin=args.constant_margin,
             beam_pipeline_args=beam_args, enable_cache=not args.no_cache, data_checks=checks,
-            predictions_dir=args.predictions_dir,
+            predictions_dir=args.predictions_dir, tuning=tuning,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -1,0 +1,264 @@
+"""TFX Tuner module: chooses the learning rate, bottleneck size and epochs per task, as Houlsby et al. do.
+
+`tuner_fn` is what the Tuner component calls (components/tuner.py runs it and publishes the search). Every
+trial trains with modules/trainer.py's `train` (same datasets, model, optimizer, schedule and seed as the
+Trainer) on train minus a holdout, and is scored on that holdout: a part of train carved per class, seeded by
+--seed, never the eval split that decides blessing. The Trainer then trains on all of train with the best
+trial's settings, so the eval score stays an unbiased estimate.
+
+A trial's score is the holdout's main metric after its last epoch: the model the Trainer reproduces with the
+same settings (the learning-rate schedule warms up and decays over all the epochs, so the best epoch of a
+longer run is not a model a shorter run gives). With patience, a trial stops once the holdout metric has not
+beaten its best for that many epochs; its score is then its last epoch's.
+
+Hyperband treats the epochs as its budget: each trial trains from scratch for its `tuner/epochs` (KerasTuner's
+own Tuner would continue an earlier trial's weights, whose schedule was made for fewer epochs).
+
+The search lives in a stable directory, <search_root>/<key>, the key a digest of the transformed train files
+and the Tuner's settings: a killed search resumes there (KerasTuner reloads its oracle and reruns the trial
+that was running), and a different search never reuses it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import time
+from typing import Any, Dict, List, Tuple
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from absl import logging
+from keras_tuner.engine.base_tuner import BaseTuner
+from keras_tuner.engine.trial import Trial, TrialStatus
+from tfx.components.trainer.fn_args_utils import FnArgs
+from tfx.components.tuner.component import TunerFnResult
+
+from modules.config import TUNED_FIELDS, TrainingConfig, TuningConfig, tuned_settings
+from modules.glue import FEATURE_LABEL, GlueTask
+from modules.preprocessing import INPUT_IDS, TOKEN_TYPE_IDS
+from modules.trainer import RowFilter, _read_transformed, train
+
+HOLDOUT = "holdout"
+SEARCH_ROOT_KEY = "search_root"  # the Tuner's custom_config: where the searches' directories are
+TUNING_KEY = "tuning"  # the Tuner's custom_config: TuningConfig.to_dict()
+RECORD_FILE = "record.json"  # in each trial's directory: settings, holdout metric per epoch, wall time
+HOLDOUT_FILE = "holdout.json"  # in the search directory: the holdout's rows per stratum and their digest
+HASH_SALT = 0x686F6C646F7574  # "holdout": the second half of the seeded hash key
+
+
+def example_keys(features: Dict[str, tf.Tensor], seed: int) -> tf.Tensor:
+    """A seeded 63-bit hash of each example's token ids and segments: the same for the same text wherever it
+    is in the files (so the holdout does not depend on the order Transform wrote them in), and for duplicates."""
+    tokens = tf.concat([features[INPUT_IDS], features[TOKEN_TYPE_IDS]], axis=-1)
+    text = tf.strings.reduce_join(tf.strings.as_string(tokens), axis=-1, separator=" ")
+    return tf.strings.to_hash_bucket_strong(text, 2 ** 63 - 1, key=[seed, HASH_SALT])
+
+
+def strata(labels: np.ndarray, task: GlueTask) -> np.ndarray:
+    """The stratum of each example: its class, or for regression its score rounded to an integer."""
+    return np.rint(labels).astype(np.int64) if task.is_regression else labels.astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Holdout:
+    """The part of train that scores the trials: in each stratum, the `fraction` of distinct examples with the
+    smallest seeded hashes. Same files and seed: the same rows; identical examples fall on the same side."""
+
+    seed: int
+    fraction: float
+    keys: Tuple[int, ...]  # sorted example_keys of the holdout
+    counts: Dict[str, Tuple[int, int]]  # stratum -> (holdout examples, training examples left)
+
+    @classmethod
+    def carve(cls, train_files: List[str], feature_spec: Dict, task: GlueTask, fraction: float, seed: int) -> "Holdout":
+        examples = _read_transformed(train_files, feature_spec).batch(1024)
+        keys, labels = [], []
+        for batch in examples:
+            keys.append(example_keys(batch, seed).numpy())
+            labels.append(batch[FEATURE_LABEL].numpy())
+        if not keys:
+            raise ValueError(f"No training examples in {train_files}: nothing to carve a holdout from.")
+        keys_, strata_ = np.concatenate(keys), strata(np.concatenate(labels), task)
+        chosen, counts = [], {}
+        for stratum in np.unique(strata_):
+            distinct = np.unique(keys_[strata_ == stratum])  # sorted
+            size = 0 if len(distinct) < 2 else max(1, int(round(fraction * len(distinct))))
+            chosen.extend(distinct[:size].tolist())
+            inside = np.isin(keys_[strata_ == stratum], distinct[:size])
+            counts[str(int(stratum))] = (int(inside.sum()), int((~inside).sum()))
+        if not chosen:
+            raise ValueError(f"--holdout_fraction {fraction}: {len(keys_)} training examples leave no holdout (a class "
+                             "needs 2 distinct examples to give one).")
+        return cls(seed=seed, fraction=fraction, keys=tuple(sorted(set(chosen))), counts=counts)
+
+    def row_filters(self) -> Tuple[RowFilter, RowFilter]:
+        """(train without the holdout, the holdout): filters for modules.trainer's datasets."""
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(self.keys, tf.int64), tf.ones(len(self.keys), tf.int64)),
+            default_value=0)
+
+        def inside(features: Dict[str, tf.Tensor]) -> tf.Tensor:
+            return tf.equal(table.lookup(example_keys(features, self.seed)), 1)
+
+        return (lambda features: tf.logical_not(inside(features))), inside
+
+    def digest(self) -> str:
+        return hashlib.sha256(",".join(map(str, self.keys)).encode()).hexdigest()
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"seed": self.seed, "fraction": self.fraction, "digest": self.digest(),
+                "holdout_examples": sum(h for h, _ in self.counts.values()),
+                "training_examples": sum(t for _, t in self.counts.values()),
+                "per_stratum": {k: {"holdout": h, "train": t} for k, (h, t) in self.counts.items()}}
+
+
+def objective_name(task: GlueTask) -> str:
+    return f"{HOLDOUT}_{task.main_metric}"
+
+
+def search_space(tuning: TuningConfig) -> keras_tuner.HyperParameters:
+    """The grid, named as the TrainingConfig fields (Hyperband: without epochs, its budget)."""
+    space = keras_tuner.HyperParameters()
+    space.Choice("learning_rate", list(tuning.learning_rates))
+    space.Choice("bottleneck_size", list(tuning.bottleneck_sizes))
+    if tuning.strategy != "hyperband":
+        space.Choice("epochs", list(tuning.epochs))
+    return space
+
+
+class GridOracle(keras_tuner.Oracle):
+    """Every combination of the grid, in order (learning rate, then bottleneck size, then epochs).
+
+    Not KerasTuner's GridSearchOracle: in 1.4.8 it keeps its place in the grid in memory only (not in
+    oracle.json), so a reloaded search fails in populate_space (KeyError). This one derives the next combination
+    from the trials, which KerasTuner reloads from their own files."""
+
+    def populate_space(self, trial_id: str) -> Dict[str, Any]:
+        tried = [trial.hyperparameters.values for trial in self.trials.values()]
+        names = [hp.name for hp in self.hyperparameters.space]
+        for combination in itertools.product(*(hp.values for hp in self.hyperparameters.space)):
+            values = dict(zip(names, combination))
+            if values not in tried:
+                return {"status": TrialStatus.RUNNING, "values": values}
+        return {"status": TrialStatus.STOPPED, "values": None}
+
+
+def make_oracle(tuning: TuningConfig, task: GlueTask, seed: int) -> keras_tuner.Oracle:
+    common = dict(objective=keras_tuner.Objective(objective_name(task), direction="max"),
+                  hyperparameters=search_space(tuning), allow_new_entries=False, seed=seed)
+    if tuning.strategy == "hyperband":
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max(tuning.epochs), factor=tuning.hyperband_factor,
+                                                      hyperband_iterations=1, **common)
+        oracle.max_trials = tuning.max_trials  # None: the brackets' own number of trials
+        return oracle
+    oracle_class = GridOracle if tuning.strategy == "grid" else keras_tuner.oracles.RandomSearchOracle
+    return oracle_class(max_trials=tuning.max_trials or tuning.grid_size(), **common)
+
+
+def search_key(train_files: List[str], custom_config: Dict[str, Any]) -> str:
+    """The search's directory name: the same inputs and settings (a rerun after a kill) find the same one."""
+    settings = {k: v for k, v in custom_config.items() if k != SEARCH_ROOT_KEY}
+    text = json.dumps({"train_files": sorted(train_files), "settings": settings}, sort_keys=True)
+    return "search-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class AdapterTuner(BaseTuner):
+    """Runs each trial with modules/trainer.py's `train` on train minus the holdout, scored on the holdout."""
+
+    def __init__(self, oracle: keras_tuner.Oracle, directory: str, project_name: str, config: TrainingConfig,
+                 tuning: TuningConfig, train_files: List[str], feature_spec: Dict, holdout: Holdout):
+        super().__init__(oracle, directory=directory, project_name=project_name, overwrite=False)
+        self.config, self.tuning, self.train_files, self.feature_spec = config, tuning, train_files, feature_spec
+        self.holdout = holdout
+
+    def run_trial(self, trial: Trial, *args, **kwargs) -> Dict[str, float]:
+        settings = tuned_settings({"values": trial.hyperparameters.values})
+        config = dataclasses.replace(self.config, **settings)
+        task = config.task_description()
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        log_dir = os.path.join(trial_dir, "logs")
+        if tf.io.gfile.exists(log_dir):  # a killed attempt's events
+            tf.io.gfile.rmtree(log_dir)
+        logging.info("trial %s: %s", trial.trial_id, describe_settings(settings))
+        keras.backend.clear_session()  # the previous trial's model
+        train_rows, holdout_rows = self.holdout.row_filters()
+        start = time.time()
+        _, history = train(config, self.train_files, self.train_files, self.feature_spec, log_dir,
+                           train_rows=train_rows, eval_rows=holdout_rows, eval_name=HOLDOUT,
+                           patience=self.tuning.patience)
+        objective = objective_name(task)
+        record = {"trial_id": trial.trial_id, "settings": settings, "epochs_run": len(history),
+                  "stopped_early": len(history) < config.epochs, "seconds": time.time() - start,
+                  objective: history[-1][objective], "history": history}
+        with tf.io.gfile.GFile(os.path.join(trial_dir, RECORD_FILE), "w") as f:
+            json.dump(record, f, indent=2)
+        logging.info("trial %s done: %s %.4f after %d epochs%s, %.0f s", trial.trial_id, objective, record[objective],
+                     len(history), " (stopped early)" if record["stopped_early"] else "", record["seconds"])
+        return {objective: record[objective]}
+
+    def trial_records(self) -> List[Dict[str, Any]]:
+        """The records of every finished trial, this run's and earlier (killed) runs' of the same search."""
+        records = []
+        for trial_id in sorted(self.oracle.trials):
+            path = os.path.join(self.project_dir, f"trial_{trial_id}", RECORD_FILE)
+            if tf.io.gfile.exists(path):
+                with tf.io.gfile.GFile(path) as f:
+                    records.append(json.load(f))
+        return records
+
+
+def describe_settings(settings: Dict[str, Any]) -> str:
+    """E.g. "learning rate 0.0003, bottleneck 64, 20 epochs"."""
+    parts = {"learning_rate": "learning rate {:g}", "bottleneck_size": "bottleneck {}", "epochs": "{} epochs"}
+    return ", ".join(parts[name].format(settings[name]) for name in TUNED_FIELDS if name in settings)
+
+
+def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
+    """Entry point of the TFX Tuner component: the search of the Tuner's custom_config over its train split."""
+    custom = fn_args.custom_config
+    config, tuning = TrainingConfig.from_dict(custom), TuningConfig.from_dict(custom[TUNING_KEY])
+    task = config.task_description()
+    feature_spec = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_feature_spec()
+    holdout = Holdout.carve(fn_args.train_files, feature_spec, task, tuning.holdout_fraction, config.seed)
+    directory = os.path.join(custom[SEARCH_ROOT_KEY], search_key(fn_args.train_files, custom))
+    logging.info("search in %s; holdout: %d of %d training examples (seed %d)", directory,
+                 holdout.to_dict()["holdout_examples"], sum(h + t for h, t in holdout.counts.values()), config.seed)
+    tuner = AdapterTuner(make_oracle(tuning, task, config.seed), os.path.dirname(directory), os.path.basename(directory),
+                         config, tuning, fn_args.train_files, feature_spec, holdout)
+    with tf.io.gfile.GFile(os.path.join(tuner.project_dir, HOLDOUT_FILE), "w") as f:
+        json.dump(holdout.to_dict(), f, indent=2)
+    return TunerFnResult(tuner=tuner, fit_kwargs={})
+
+
+def search_summary(tuner: AdapterTuner) -> Dict[str, Any]:
+    """The search in numbers: what was chosen, its holdout score, how many trials (stopped early), how long."""
+    records = tuner.trial_records()
+    task = tuner.config.task_description()
+    if not any(t.status == "COMPLETED" for t in tuner.oracle.trials.values()):
+        failed = [t for t in tuner.oracle.trials.values() if t.message]
+        raise RuntimeError(f"no trial of the search in {tuner.project_dir} completed"
+                           + (f"; trial {failed[-1].trial_id} failed with: {failed[-1].message}" if failed else "."))
+    best = tuner.oracle.get_best_trials(1)[0]
+    return {"metric": objective_name(task), "score": best.score, "best_trial": best.trial_id,
+            "chosen": tuned_settings(best.hyperparameters.get_config()), "strategy": tuner.tuning.strategy,
+            "trials": len(records), "stopped_early": sum(r["stopped_early"] for r in records),
+            "seconds": sum(r["seconds"] for r in records), "holdout": tuner.holdout.to_dict()}
+
+
+def describe_search(summary: Dict[str, Any]) -> str:
+    """E.g. "chosen: learning rate 0.0003, bottleneck 64, 20 epochs; holdout f1 0.8710; 18 trials (5 stopped
+    early), 1 h 12 min"."""
+    minutes = round(summary["seconds"] / 60)
+    took = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else (
+        f"{minutes} min" if minutes else f"{summary['seconds']:.0f} s")
+    stopped = f" ({summary['stopped_early']} stopped early)" if summary["stopped_early"] else ""
+    return (f"chosen: {describe_settings(summary['chosen'])}; {summary['metric'].replace('_', ' ')} "
+            f"{summary['score']:.4f}; {summary['trials']} trials{stopped}, {took}")

@@ -1,0 +1,391 @@
+"""The Tuner stage (--tune, issue 30): Houlsby et al.'s per-task choice of learning rate, bottleneck and epochs.
+
+Cheap checks first (flags, the holdout on synthetic transformed examples, the pipeline graph and its cache key).
+Then one module-scoped tuned pipeline run on tiny MRPC (tests/tiny_mrpc.py data, tiny BERT), as a user runs it:
+  A. `python -m pipeline.run --tune ...` (a 2 x 1 x 2 grid, patience 1), killed with SIGKILL (whole process group)
+     once its first trial has finished;
+  B. the same command again: the Tuner resumes the search from the trials A finished and the pipeline completes;
+     the Trainer trains on all of train with the chosen settings, which reach adapter_config.json and the
+     summary.
+Kubeflow: the same flags compile into a spec with the Tuner task feeding the Trainer, and kubeflow.launcher
+executes every task of it (its own search, a 1 x 1 x 2 grid; about 2.5 min on an idle 2-core machine, 5 loaded).
+"""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tiny_bert import write_tiny_bert
+from tiny_mrpc import EVAL_ROWS, TASK, TRAIN_ROWS, TRAINING, write_mrpc
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_TIMEOUT = 900
+# After TRAINING (argparse keeps the last value): 2 learning rates x 1 bottleneck x 2 epoch counts = 4 trials.
+TUNE = ["--tune", "--tune_learning_rates", "0.01,0.0001", "--tune_bottleneck_sizes", "16", "--tune_epochs", "2,4",
+        "--holdout_fraction", "0.25", "--tune_patience", "1"]
+
+
+# ------------------------------------------------------------------------------------------ flags
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tune", "--tune_learning_rates", "3e-4,x"], "--tune_learning_rates '3e-4,x': expected comma-separated float"),
+    (["--tune", "--tune_bottleneck_sizes", "8,0"], "--tune_bottleneck_sizes must be a comma-separated list of positive"),
+    (["--tune", "--tune_epochs", "3,3"], "--tune_epochs lists a value twice"),
+    (["--tune", "--holdout_fraction", "0.7"], "--holdout_fraction must be in (0, 0.5]"),
+    (["--tune", "--tune_patience", "-1"], "--tune_patience must be an integer >= 0"),
+    (["--tune", "--tune_max_trials", "0"], "--tune_max_trials must be a positive integer"),
+    (["--tune", "--hyperband_factor", "1"], "--hyperband_factor must be an integer >= 2"),
+    (["--tune_epochs", "3"], "were given without --tune"),
+    (["--tune", "--full_finetune"], "--tune searches adapter settings"),
+])
+def test_tuning_flags_are_checked_before_any_work_naming_the_flag(flags: List[str], message: str, tmp_path,
+                                                                  capsys) -> None:
+    from pipeline import run
+
+    with pytest.raises(SystemExit) as exited:
+        run.main(["--output_dir", str(tmp_path / "out"), *flags])
+    assert message in f"{exited.value.code} {capsys.readouterr().err}"  # argparse prints its errors, main exits with them
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_without_tune_the_pipeline_has_no_tuner_and_the_trainer_is_unchanged(tmp_path) -> None:
+    from pipeline import run
+    from pipeline.pipeline import create_pipeline
+
+    data_dir = write_mrpc(str(tmp_path / "glue"), 8, 4, shuffle_train_labels=False, seed=0)
+
+    def trainer_of(argv: List[str]):
+        args, _ = run.parse_args(["--data_dir", data_dir, *argv])
+        config = run.training_config(args, check_backbone=False)
+        built = create_pipeline("p", "/root", data_dir, "/serving", config, tuning=run.tuning_config(args, config))
+        return {c.id: c for c in built.components}
+
+    plain, tuned = trainer_of([]), trainer_of(["--tune"])
+    assert "Tuner" not in plain and "Tuner" in tuned
+    assert "hyperparameters" not in plain["Trainer"].inputs
+    assert tuned["Trainer"].inputs["hyperparameters"].producer_component_id == "Tuner"
+    assert plain["Trainer"].exec_properties == tuned["Trainer"].exec_properties  # only the Tuner's choice differs
+    tuner = tuned["Tuner"].exec_properties
+    assert json.loads(tuner["train_args"]) == {"splits": ["train"]}
+    assert json.loads(tuner["eval_args"]) == {"splits": ["train"]}  # the eval split never reaches the search
+    search = json.loads(tuner["custom_config"])["tuning"]
+    assert (search["learning_rates"], search["bottleneck_sizes"], search["epochs"]) == (
+        [3e-5, 3e-4, 3e-3], [8, 64, 256], [3, 20])  # the paper's grid by default
+    # The cache key: the same flags build the same Tuner properties (a rerun reuses a cached Tuner).
+    assert trainer_of(["--tune"])["Tuner"].exec_properties == tuner
+
+
+def test_chosen_settings_override_the_flags_and_hyperband_epochs_are_the_budget() -> None:
+    from modules.config import TrainingConfig, tuned_settings
+
+    assert tuned_settings(None) == {}
+    grid = {"values": {"learning_rate": 3e-3, "bottleneck_size": 8, "epochs": 20}}
+    assert tuned_settings(grid) == {"learning_rate": 3e-3, "bottleneck_size": 8, "epochs": 20}
+    hyperband = {"values": {"learning_rate": 3e-5, "bottleneck_size": 256, "tuner/epochs": 7, "tuner/round": 1,
+                            "tuner/initial_epoch": 0, "tuner/bracket": 2}}
+    assert tuned_settings(hyperband) == {"learning_rate": 3e-5, "bottleneck_size": 256, "epochs": 7}
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from modules.trainer import trained_config
+
+    config = trained_config(FnArgs(custom_config=TrainingConfig().to_dict(), hyperparameters=grid))
+    assert (config.learning_rate, config.bottleneck_size, config.epochs) == (3e-3, 8, 20)
+    assert trained_config(FnArgs(custom_config=TrainingConfig().to_dict())) == TrainingConfig()
+
+
+# ---------------------------------------------------------------------------------------- the holdout
+
+def _write_transformed(path: str, rows: List[Dict]) -> None:
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for row in rows:
+            feature = {key: tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(value)))
+                       for key, value in row.items()}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+SEQ = 8
+FEATURE_SPEC = {name: tf.io.FixedLenFeature([SEQ], tf.int64) for name in ("input_ids", "attention_mask",
+                                                                         "token_type_ids")}
+FEATURE_SPEC.update(label=tf.io.FixedLenFeature([], tf.int64), length=tf.io.FixedLenFeature([], tf.int64))
+
+
+def _row(i: int, label: int) -> Dict:
+    ids = [101, 1000 + i, 2000 + i % 7, 102, 0, 0, 0, 0]
+    return {"input_ids": ids, "attention_mask": [1, 1, 1, 1, 0, 0, 0, 0], "token_type_ids": [0] * SEQ,
+            "label": label, "length": 4}
+
+
+@pytest.fixture
+def transformed(tmp_path) -> types.SimpleNamespace:
+    """300 train rows (label 1 for a third of them), 40 eval rows other than train's; train written twice, in
+    two orders (as two Transform runs might)."""
+    rows = [_row(i, int(i % 3 == 0)) for i in range(300)]
+    _write_transformed(str(tmp_path / "train.gz"), rows)
+    _write_transformed(str(tmp_path / "train_reversed.gz"), rows[::-1])
+    _write_transformed(str(tmp_path / "eval.gz"), [_row(1000 + i, i % 2) for i in range(40)])
+    return types.SimpleNamespace(train=str(tmp_path / "train.gz"), reversed=str(tmp_path / "train_reversed.gz"),
+                                 eval=str(tmp_path / "eval.gz"), rows=rows)
+
+
+def _keys(files: List[str], rows=None) -> List[int]:
+    from modules.trainer import _read_transformed
+    from modules.tuner import example_keys
+
+    return sorted(int(example_keys(f, 7).numpy()) for f in _read_transformed(files, FEATURE_SPEC, rows))
+
+
+def test_holdout_is_seeded_stratified_disjoint_and_independent_of_row_order(transformed) -> None:
+    from modules.glue import get_task
+    from modules.tuner import Holdout
+
+    task = get_task("mrpc")
+    holdout = Holdout.carve([transformed.train], FEATURE_SPEC, task, 0.2, seed=7)
+    assert holdout.counts == {"0": (40, 160), "1": (20, 80)}  # 20% of each class
+    train_rows, holdout_rows = holdout.row_filters()
+    inside, outside = _keys([transformed.train], holdout_rows), _keys([transformed.train], train_rows)
+    assert len(inside) == 60 and len(outside) == 240 and not set(inside) & set(outside)
+    assert inside == list(holdout.keys)
+    # The same seed: the same rows, whatever order the files hold them in; another seed: other rows.
+    assert Holdout.carve([transformed.reversed], FEATURE_SPEC, task, 0.2, seed=7).keys == holdout.keys
+    other = Holdout.carve([transformed.train], FEATURE_SPEC, task, 0.2, seed=8)
+    assert other.keys != holdout.keys and other.counts == holdout.counts
+    # Nothing of the eval split is in the holdout (or anywhere in what the trials see).
+    assert not set(_keys([transformed.eval])) & set(inside + outside)
+
+
+def test_early_stopping_stops_a_trial_whose_holdout_metric_stopped_improving() -> None:
+    from modules.glue import get_task
+    from modules.trainer import ProgressLogger
+
+    class Model:
+        stop_training = False
+
+    progress = ProgressLogger(get_task("mrpc"), None, 10, epochs=10, log_dir="/tmp/unused-" + str(os.getpid()),
+                              batch_size=2, steps_per_epoch=5, eval_name="holdout", patience=2)
+    progress.model = Model()
+    scores = iter([0.5, 0.7, 0.6, 0.7, 0.65])
+    import modules.trainer as trainer
+
+    original = trainer.evaluate
+    trainer.evaluate = lambda *args: {"f1": next(scores), "accuracy": 0.5}
+    try:
+        for epoch in range(5):
+            progress.on_epoch_begin(epoch)
+            progress.on_epoch_end(epoch, {"loss": 1.0})
+            if progress.model.stop_training:
+                break
+    finally:
+        trainer.evaluate = original
+    assert epoch == 3 and progress.best_epoch == 2  # 0.7 at epoch 2 not beaten at epochs 3 and 4 (equal is not better)
+    assert [r["holdout_f1"] for r in progress.history] == [0.5, 0.7, 0.6, 0.7]
+
+
+# ------------------------------------------------------------------- the tuned run: killed, then resumed
+
+def _wait_for(log_path: str, text: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            content = f.read()
+        if text in content:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (exit code {process.returncode}) before {text!r}:\n{content[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not in the log after {timeout} s:\n{content[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    """tests/tiny_mrpc.py's backbone and data, written here: this module needs none of the shared run's outputs."""
+    root = tmp_path_factory.mktemp("tuner_inputs")
+    return types.SimpleNamespace(
+        model_dir=write_tiny_bert(str(root / "tiny_bert"), hidden_size=32, num_layers=2, initializer_range=0.2),
+        data_dir=write_mrpc(str(root / "glue"), TRAIN_ROWS, EVAL_ROWS, shuffle_train_labels=False, seed=0))
+
+
+TRIAL_STARTED, TRIAL_DONE = re.compile(r"trial (\d+): learning rate"), re.compile(r"trial (\d+) done: ")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory, inputs: types.SimpleNamespace) -> types.SimpleNamespace:
+    from pipeline.configs import PIPELINE_NAME
+    from pipeline.pipeline import pipeline_name_for
+    from pipeline.runs import pipeline_runs
+
+    root = tmp_path_factory.mktemp("tuned")
+    out = root / "out"
+    command = [sys.executable, "-m", "pipeline.run", *TRAINING, *TUNE, "--model", inputs.model_dir,
+               "--data_dir", inputs.data_dir, "--output_dir", str(out), "--verbose"]
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    timings = {}
+    start = time.time()
+    with open(root / "A.log", "w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        # Trial 1 starts once trial 0's end is saved in the oracle: kill it in the middle of trial 1.
+        _wait_for(str(root / "A.log"), "trial 1: learning rate", process, RUN_TIMEOUT)
+        assert process.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(60)
+    timings["A (killed)"] = time.time() - start
+    start = time.time()
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    timings["B (resumed)"] = time.time() - start
+    assert result.returncode == 0, result.stderr[-5000:]
+    print("\ntuned run wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    records = pipeline_runs(str(out / "metadata.sqlite"), pipeline_name_for(TASK, PIPELINE_NAME))
+    return types.SimpleNamespace(root=root, out=out, a_log=open(root / "A.log").read(), b_log=result.stderr,
+                                 b_stdout=result.stdout, a=records[0], b=records[1], timings=timings)
+
+
+def _json(directory: str, name: str):
+    with open(os.path.join(directory, name)) as f:
+        return json.load(f)
+
+
+def test_killed_search_resumes_from_the_trials_it_finished(tuned: types.SimpleNamespace) -> None:
+    assert tuned.a.states["Tuner"] == "RUNNING" and "Trainer" not in tuned.a.states
+    finished_in_a = set(TRIAL_DONE.findall(tuned.a_log))
+    started_in_b = set(TRIAL_STARTED.findall(tuned.b_log))
+    assert finished_in_a == {"0"} and "1" in TRIAL_STARTED.findall(tuned.a_log)
+    assert started_in_b == {"1", "2", "3"}  # the killed trial 1 again, then the rest; not trial 0
+    assert "Reloading Tuner from" in tuned.b_stdout
+    assert tuned.b.states["Transform"] == "CACHED" and tuned.b.states["Tuner"] == "COMPLETE"
+
+
+def _tuner_outputs(tuned: types.SimpleNamespace):
+    results = tuned.b.output("TunerResults")
+    return results, tuned.b.output("HyperParameters").uri
+
+
+def test_every_trial_is_recorded_with_settings_holdout_metric_per_epoch_and_time(tuned) -> None:
+    results, _ = _tuner_outputs(tuned)
+    trials = _json(results.uri, "trials.json")
+    assert sorted(r["trial_id"] for r in trials) == ["0", "1", "2", "3"]  # the whole 2 x 1 x 2 grid
+    settings = {(r["settings"]["learning_rate"], r["settings"]["epochs"]) for r in trials}
+    assert settings == {(0.01, 2), (0.01, 4), (0.0001, 2), (0.0001, 4)}
+    for record in trials:
+        assert record["seconds"] > 0 and record["settings"]["bottleneck_size"] == 16
+        assert [e["epoch"] for e in record["history"]] == list(range(1, record["epochs_run"] + 1))
+        assert record["holdout_f1"] == record["history"][-1]["holdout_f1"]
+        assert record["stopped_early"] == (record["epochs_run"] < record["settings"]["epochs"])
+        events = os.listdir(os.path.join(results.uri, "tensorboard", f"trial_{record['trial_id']}", "glue"))
+        assert any(name.startswith("events.out.tfevents") for name in events)
+    assert [r["trial_id"] for r in _json(results.uri, "tuner_results.json")][0] == \
+        max(trials, key=lambda r: r["holdout_f1"])["trial_id"]
+
+
+def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> None:
+    results, _ = _tuner_outputs(tuned)
+    holdout = _json(results.uri, "holdout.json")
+    assert holdout["seed"] == 42 and holdout["fraction"] == 0.25
+    assert holdout["holdout_examples"] + holdout["training_examples"] == 64
+    assert holdout["per_stratum"] == {"0": {"holdout": 8, "train": 24}, "1": {"holdout": 8, "train": 24}}
+    # Recarved from the Transform's train split with the same seed: the same rows; none of them in eval.
+    import tensorflow_transform as tft
+
+    from modules.glue import get_task
+    from modules.trainer import _read_transformed
+    from modules.tuner import Holdout, example_keys
+
+    transform = os.path.join(tuned.out, "pipelines", "adapter-bert-glue-mrpc", "Transform")
+    (transform_graph,) = glob.glob(os.path.join(transform, "transform_graph", "*"))
+    (transformed,) = glob.glob(os.path.join(transform, "transformed_examples", "*"))
+    spec = tft.TFTransformOutput(transform_graph).transformed_feature_spec()
+    again = Holdout.carve([os.path.join(transformed, "Split-train", "*")], spec, get_task("mrpc"), 0.25, seed=42)
+    assert again.digest() == holdout["digest"]
+    eval_keys = {int(k) for k in example_keys(next(iter(
+        _read_transformed([os.path.join(transformed, "Split-eval", "*")], spec).batch(1000))), 42).numpy()}
+    assert not eval_keys & set(again.keys)
+
+
+def test_chosen_settings_reach_the_trainer_adapter_config_and_summary(tuned) -> None:
+    results, best_uri = _tuner_outputs(tuned)
+    best = _json(best_uri, "best_hyperparameters.txt")
+    chosen = {k: best["values"][k] for k in ("learning_rate", "bottleneck_size", "epochs")}
+    trials = _json(results.uri, "trials.json")
+    winner = max(trials, key=lambda r: r["holdout_f1"])
+    assert chosen == winner["settings"] and best["search"]["trials"] == 4
+    (config_path,) = glob.glob(os.path.join(tuned.b.output("Model").uri, "**", "adapter_config.json"), recursive=True)
+    config = _json(os.path.dirname(config_path), "adapter_config.json")
+    assert config["adapter"]["bottleneck_size"] == chosen["bottleneck_size"]
+    assert {k: config["training"][k] for k in ("learning_rate", "epochs")} == {
+        "learning_rate": chosen["learning_rate"], "epochs": chosen["epochs"]}
+    assert config["tuning"]["chosen"] == chosen and config["tuning"]["metric"] == "holdout_f1"
+    # The Trainer trained on all of train (64 examples), not on train minus the holdout.
+    assert "training mrpc on 64 examples" in tuned.b_log
+    line = results.custom_properties["summary"].string_value
+    assert line.startswith("chosen: learning rate ") and "holdout f1" in line and "4 trials" in line
+    assert f"tuning:    {line}" in tuned.b_stdout
+
+
+# -------------------------------------------------------------------------------------------------- Kubeflow
+
+@pytest.fixture(scope="module")
+def kubeflow_spec(tmp_path_factory: pytest.TempPathFactory, inputs: types.SimpleNamespace) -> str:
+    """The spec kubeflow.runner compiles with --tune (a 1 x 1 x 2 grid), for file:// roots on this machine."""
+    from kubeflow import runner
+
+    root = tmp_path_factory.mktemp("tuner_kubeflow")
+    spec = str(root / "spec.json")
+    runner.main(["--image", "adapter-bert-tfx:test", "--pipeline_root", f"file://{root}/kfp",
+                 "--data_dir", f"file://{inputs.data_dir}", "--serving_dir", f"file://{root}/serving",
+                 "--model", inputs.model_dir, "--output", spec, *TRAINING, *TUNE, "--tune_learning_rates", "0.01"])
+    return spec
+
+
+@pytest.fixture(scope="module")
+def kubeflow_executed(kubeflow_spec: str):
+    """Every task of the spec executed by kubeflow.launcher."""
+    from kubeflow import launcher
+
+    start = time.time()
+    executed = launcher.run(kubeflow_spec, run_id="tuned")
+    print(f"\nKubeflow spec with the Tuner executed in {time.time() - start:.0f} s")
+    return executed
+
+
+def test_compiled_spec_has_the_tuner_task_feeding_the_trainer(kubeflow_spec: str) -> None:
+    from kubeflow import launcher
+
+    spec = launcher.load_spec(kubeflow_spec)[0]
+    tasks = spec.root.dag.tasks
+    trainer_inputs = tasks["Trainer"].inputs.artifacts
+    assert trainer_inputs["hyperparameters"].task_output_artifact.producer_task == "Tuner"
+    assert trainer_inputs["hyperparameters"].task_output_artifact.output_artifact_key == "best_hyperparameters"
+    from google.protobuf import json_format
+
+    label = spec.components[tasks["Tuner"].component_ref.name].executor_label
+    executor = json_format.MessageToDict(spec.deployment_spec)["executors"][label]
+    assert "components.tuner.Executor" in json.dumps(executor)
+
+
+def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(kubeflow_executed) -> None:
+    from google.protobuf import json_format
+
+    run = kubeflow_executed
+    order = [task.name for task in run.tasks]
+    assert order.index("Transform") < order.index("Tuner") < order.index("Trainer")
+    results = run.output("Tuner", "tuner_results")
+    summary = json_format.MessageToDict(results.metadata)["summary"]
+    assert summary.startswith("chosen: learning rate 0.01, bottleneck 16, ") and "2 trials" in summary
+    trials = _json(results.uri, "trials.json")
+    assert sorted(r["settings"]["epochs"] for r in trials) == [2, 4]
+    best = _json(run.output("Tuner", "best_hyperparameters").uri, "best_hyperparameters.txt")
+    (config_path,) = glob.glob(os.path.join(run.output("Trainer", "model").uri, "**", "adapter_config.json"),
+                               recursive=True)
+    config = _json(os.path.dirname(config_path), "adapter_config.json")
+    assert config["training"]["epochs"] == best["values"]["epochs"] and config["tuning"]["trials"] == 2
