@@ -17,7 +17,6 @@ from tfx.dsl.compiler import compiler
 from tfx.dsl.components.base.base_node import BaseNode
 from tfx.proto.orchestration import pipeline_pb2
 
-from components.bulk_inferrer import BatchedBulkInferrer
 from components.data_gate import DataGate
 from components.evaluator import GatedEvaluator
 from components.glue_example_gen.component import GlueExampleGen
@@ -195,11 +194,11 @@ def prediction_stage(example_gen: GlueExampleGen, trainer: tfx.components.Traine
     if not example_gen.test_splits:
         return []
     data_spec, model_spec, output_example_spec = bulk_inferrer_specs(task, example_gen.test_splits)
-    bulk_inferrer = BatchedBulkInferrer(
+    bulk_inferrer = tfx.components.BulkInferrer(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         model_blessing=blessing_evaluator.outputs["blessing"], data_spec=data_spec, model_spec=model_spec,
         output_example_spec=output_example_spec,
-    ).with_id("BulkInferrer")
+    )
     writer = PredictionWriter(
         examples=example_gen.outputs["examples"], inference=bulk_inferrer.outputs["output_examples"],
         pushed_model=pusher.outputs["pushed_model"], task_spec=task.to_json(), predictions_dir=predictions_dir,
