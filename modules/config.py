@@ -132,7 +132,7 @@ class TuningConfig:
     bottleneck_sizes: Tuple[int, ...] = (8, 64, 256)
     epochs: Tuple[int, ...] = (3, 20)  # Hyperband: its budget, from 1 epoch up to the largest
     strategy: str = "grid"
-    # Trials at most; None: the whole grid (grid, random), Hyperband's own brackets (hyperband).
+    # Trials at most; None: the whole grid (grid, random), Hyperband's first bracket (hyperband).
     max_trials: Optional[int] = None
     holdout_fraction: float = 0.1  # of each class of train (regression: of each integer score), seeded by --seed
     patience: int = 3  # stop a trial after this many epochs without a better holdout score; 0: never

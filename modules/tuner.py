@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import time
 from typing import Any, Dict, List, Tuple
 
@@ -143,20 +144,41 @@ class GridOracle(keras_tuner.Oracle):
 
     def populate_space(self, trial_id: str) -> Dict[str, Any]:
         tried = [trial.hyperparameters.values for trial in self.trials.values()]
-        names = [hp.name for hp in self.hyperparameters.space]
-        for combination in itertools.product(*(hp.values for hp in self.hyperparameters.space)):
-            values = dict(zip(names, combination))
-            if values not in tried:
-                return {"status": TrialStatus.RUNNING, "values": values}
-        return {"status": TrialStatus.STOPPED, "values": None}
+        values = next((v for v in grid_values(self.hyperparameters) if v not in tried), None)
+        return ({"status": TrialStatus.RUNNING, "values": values} if values
+                else {"status": TrialStatus.STOPPED, "values": None})
+
+
+def grid_values(space: keras_tuner.HyperParameters) -> List[Dict[str, Any]]:
+    """Every combination of the space's Choice values, in order."""
+    names = [hp.name for hp in space.space]
+    return [dict(zip(names, combination)) for combination in itertools.product(*(hp.values for hp in space.space))]
+
+
+class GridHyperbandOracle(keras_tuner.oracles.HyperbandOracle):
+    """KerasTuner's Hyperband over a small discrete grid, which KerasTuner 1.4.8's own cannot finish: its first
+    round of the most aggressive bracket asks for more settings than such a grid has (12 for up to 20 epochs; the
+    paper's grid has 9), and it draws new settings at random, ending the whole search after 20 draws of tried ones.
+    Here a round asks for at most as many settings as the grid has, and a new setting is the first untried one in
+    a seeded order. The first bracket then uses every setting (successive halving up to the largest epochs); the
+    next brackets find no new setting, and the search ends."""
+
+    def _get_size(self, bracket_num: int, round_num: int) -> int:
+        return min(super()._get_size(bracket_num, round_num), len(grid_values(self.hyperparameters)))
+
+    def _random_values(self) -> Any:
+        tried = {self._compute_values_hash(t.hyperparameters.values) for t in self.trials.values()}
+        candidates = grid_values(self.hyperparameters)
+        random.Random(self.seed).shuffle(candidates)
+        return next((v for v in candidates if self._compute_values_hash(v) not in tried), None)
 
 
 def make_oracle(tuning: TuningConfig, task: GlueTask, seed: int) -> keras_tuner.Oracle:
     common = dict(objective=keras_tuner.Objective(objective_name(task), direction="max"),
                   hyperparameters=search_space(tuning), allow_new_entries=False, seed=seed)
     if tuning.strategy == "hyperband":
-        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max(tuning.epochs), factor=tuning.hyperband_factor,
-                                                      hyperband_iterations=1, **common)
+        oracle = GridHyperbandOracle(max_epochs=max(tuning.epochs), factor=tuning.hyperband_factor,
+                                     hyperband_iterations=1, **common)
         oracle.max_trials = tuning.max_trials  # None: the brackets' own number of trials
         return oracle
     oracle_class = GridOracle if tuning.strategy == "grid" else keras_tuner.oracles.RandomSearchOracle
@@ -257,8 +279,8 @@ def describe_search(summary: Dict[str, Any]) -> str:
     """E.g. "chosen: learning rate 0.0003, bottleneck 64, 20 epochs; holdout f1 0.8710; 18 trials (5 stopped
     early), 1 h 12 min"."""
     minutes = round(summary["seconds"] / 60)
-    took = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else (
-        f"{minutes} min" if minutes else f"{summary['seconds']:.0f} s")
+    took = (f"{summary['seconds']:.0f} s" if summary["seconds"] < 60
+            else f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
     stopped = f" ({summary['stopped_early']} stopped early)" if summary["stopped_early"] else ""
     return (f"chosen: {describe_settings(summary['chosen'])}; {summary['metric'].replace('_', ' ')} "
             f"{summary['score']:.4f}; {summary['trials']} trials{stopped}, {took}")

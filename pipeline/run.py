@@ -129,7 +129,7 @@ def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
                         help="grid: every combination; random: --tune_max_trials of them; hyperband: epochs as a "
                              "budget, successive halving (default %(default)s)")
     tuning.add_argument("--tune_max_trials", type=int, default=defaults.max_trials, metavar="N",
-                        help="trials at most (default: the whole grid; Hyperband: its brackets' own number)")
+                        help="trials at most (default: the whole grid; Hyperband: its first bracket's number)")
     tuning.add_argument("--holdout_fraction", type=float, default=defaults.holdout_fraction,
                         help="share of each class of train that scores the trials, chosen by --seed "
                              "(default %(default)s)")

@@ -389,3 +389,53 @@ def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(k
                                recursive=True)
     config = _json(os.path.dirname(config_path), "adapter_config.json")
     assert config["training"]["epochs"] == best["values"]["epochs"] and config["tuning"]["trials"] == 2
+
+
+# ------------------------------------------------------------------------- the strategies, without training
+
+@pytest.mark.parametrize("strategy", ["grid", "random", "hyperband"])
+def test_each_strategy_searches_the_grid_and_resumes_its_running_trial_after_a_reload(strategy: str, tmp_path) -> None:
+    """The oracle alone (trials reported by hand): settings come from the grid (Hyperband: epochs up to the
+    largest), and an oracle reloaded from its directory reruns the trial that was running, then goes on."""
+    from keras_tuner.engine.trial import TrialStatus
+
+    from modules.config import TuningConfig, tuned_settings
+    from modules.glue import get_task
+    from modules.tuner import make_oracle
+
+    tuning = TuningConfig(learning_rates=(0.1, 0.01, 0.001), bottleneck_sizes=(8,), epochs=(2, 5), strategy=strategy)
+
+    def oracle():
+        made = make_oracle(tuning, get_task("mrpc"), seed=1)
+        made._set_project_dir(str(tmp_path), "search")  # what BaseTuner does with its directory
+        return made
+
+    def finish(search, trial, score: float) -> None:
+        search.update_trial(trial.trial_id, {"holdout_f1": score})
+        trial.status = TrialStatus.COMPLETED
+        search.end_trial(trial)
+        search.save()
+
+    first = oracle()
+    done = first.create_trial("tuner0")
+    finish(first, done, 0.5)
+    running = first.create_trial("tuner0")  # killed while this trial runs
+    reloaded = oracle()
+    reloaded.reload()
+    again = reloaded.create_trial("tuner0")
+    assert again.trial_id == running.trial_id and again.hyperparameters.values == running.hyperparameters.values
+    settings, trial, score = [], again, 0.6
+    while trial.status == TrialStatus.RUNNING:
+        settings.append(tuned_settings({"values": trial.hyperparameters.values}))
+        finish(reloaded, trial, score)
+        trial, score = reloaded.create_trial("tuner0"), score + 0.01
+    every = [tuned_settings({"values": done.hyperparameters.values}), *settings]
+    assert all(s["learning_rate"] in (0.1, 0.01, 0.001) and s["bottleneck_size"] == 8 for s in every)
+    if strategy == "hyperband":  # every setting for 2 epochs, the best 2 from scratch for 5; then no new setting
+        assert sorted(s["epochs"] for s in every) == [2, 2, 2, 5, 5]
+    else:
+        assert all(s["epochs"] in (2, 5) for s in every)
+        assert len({tuple(sorted(s.items())) for s in every}) == len(every)  # no setting twice
+    if strategy == "grid":
+        assert [(s["learning_rate"], s["epochs"]) for s in every] == [
+            (0.1, 2), (0.1, 5), (0.01, 2), (0.01, 5), (0.001, 2), (0.001, 5)]
