@@ -439,3 +439,20 @@ def test_each_strategy_searches_the_grid_and_resumes_its_running_trial_after_a_r
     if strategy == "grid":
         assert [(s["learning_rate"], s["epochs"]) for s in every] == [
             (0.1, 2), (0.1, 5), (0.01, 2), (0.01, 5), (0.001, 2), (0.001, 5)]
+
+
+def test_the_tuner_runs_on_the_trainers_machine_in_the_compiled_spec(tmp_path) -> None:
+    """Its trials are training runs: --trainer_* size and image the Tuner's container too."""
+    from kubeflow import runner
+
+    path = str(tmp_path / "spec.json")
+    runner.main(["--image", "base:1", "--pipeline_root", "gs://b/root", "--data_dir", "gs://b/glue",
+                 "--serving_dir", "gs://b/serving", "--output", path, "--tune", "--trainer_cpu", "8",
+                 "--trainer_memory", "32G", "--trainer_image", "gpu:1"])
+    with open(path) as f:
+        spec = json.load(f)["pipelineSpec"]
+    for node in ("Tuner", "Trainer"):
+        label = spec["components"][spec["root"]["dag"]["tasks"][node]["componentRef"]["name"]]["executorLabel"]
+        container = spec["deploymentSpec"]["executors"][label]["container"]
+        assert container["image"] == "gpu:1"
+        assert (container["resources"]["cpuLimit"], container["resources"]["memoryLimit"]) == (8, 32)
