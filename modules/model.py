@@ -35,7 +35,7 @@ class Untracked:
     """Holds Python objects a tf.Module must not track, such as Keras models whose variables alone are saved:
     saving a Keras model also traces and stores every layer's call functions, which no client of a SavedModel
     reads (they call its signatures) and which took most of a MiniLM export's 92 s on 2 cores (24 s without them
-    and AutoGraph: bench/trace_overhead.py)."""
+    and AutoGraph: bench/studies/trace_overhead.py)."""
 
     def __init__(self, **values):
         self.__dict__.update(values)
@@ -100,7 +100,7 @@ class AdapterBertClassifier(keras.Model):
         """Keras' train step, traced without AutoGraph: neither it nor the model has Python control flow on tensor
         values (a graph without AutoGraph fails loudly on any), and AutoGraph's conversion of their ~1,100
         functions, with the optimizer's slots created in the first step, made tracing it take 70 s instead of 10
-        (MiniLM, 2 cores; bench/trace_overhead.py). The graph is the same op for op; the weights bit-identical."""
+        (MiniLM, 2 cores; bench/studies/trace_overhead.py). The graph is the same op for op; the weights bit-identical."""
         return super().train_step(data)
 
     def frozen_prefix(self, inputs: Dict[str, tf.Tensor], depth: Optional[int] = None) -> tf.Tensor:
