@@ -1,6 +1,6 @@
 """PredictionWriter: BulkInferrer's answers for the test splits, as files people read, published beside the model.
 
-BulkInferrer (TFX's own component) runs the blessed model's serving_default signature over every test split and
+BulkInferrer (TFX's own component) runs the blessed model's bulk_inference signature over every test split and
 writes, per split, the test examples with the model's outputs added (its `output_examples`, not PredictionLogs:
 the logs of all splits land in one file, and MNLI's matched and mismatched test sets share their indices). This
 component turns them into the files of `modules.predictions` (GLUE: the server's MRPC.tsv, MNLI-m.tsv, ...;
@@ -27,6 +27,7 @@ from components.pusher import TEMP_PREFIX, copy_tree, is_remote
 from modules.glue import FEATURE_INDEX, GlueTask
 from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE
 from modules.predictions import PredictionRow, file_name, format_predictions
+from modules.serving import numeric_outputs
 
 # The output is an InferenceResult artifact (a type every orchestrator knows; Kubeflow's recovers a custom type
 # only from an importable one-dot class path) holding the prediction files. Its custom properties: the directory
@@ -50,10 +51,9 @@ def _index(example: tf.train.Example) -> int:
 
 def prediction_rows(task: GlueTask, examples: List[tf.train.Example], where: str) -> List[PredictionRow]:
     """One row per example that BulkInferrer answered; an example without the model's outputs is an error."""
-    rows = []
+    rows, needed = [], numeric_outputs(task)
     for example in examples:
         features = example.features.feature
-        needed = (OUTPUT_SCORE,) if task.is_regression else (OUTPUT_LABEL, OUTPUT_PROBABILITIES)
         if any(name not in features for name in needed):
             raise ValueError(f"{where}: example {_index(example)} has no {'/'.join(needed)} (is this BulkInferrer's "
                              f"output for task {task.name}?).")
@@ -75,7 +75,8 @@ def check_complete(split: str, test_indices: List[int], rows: List[PredictionRow
 
 
 def publish(source: str, base_directory: str, version: str) -> str:
-    """Copies the files in `source` to <base_directory>/<version>/ so that readers see all of them or none."""
+    """Copies the files in `source` to <base_directory>/<version>/: on a local file system readers see all of them or
+    none (a complete sibling renamed into place); on an object store file by file."""
     target = os.path.join(base_directory, version)
     fileio.makedirs(base_directory)
     if is_remote(base_directory):  # object stores have no rename: files are small, copied one by one

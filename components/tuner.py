@@ -24,6 +24,7 @@ from tfx.components.tuner import executor as tuner_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils, standard_component_specs
 
+from components.pusher import copy_tree
 from modules.tuner import HOLDOUT_FILE, AdapterTuner, describe_search, search_summary
 
 BEST_HYPERPARAMETERS_FILE = "best_hyperparameters.txt"  # TFX's name: the Trainer reads the directory's one file
@@ -35,14 +36,6 @@ SUMMARY_KEY = "summary"
 def _write_json(path: str, value: Any) -> None:
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(value, f, indent=2, default=float)
-
-
-def _copy_tree(source: str, destination: str) -> None:
-    for directory, _, files in tf.io.gfile.walk(source):
-        target = os.path.join(destination, os.path.relpath(directory, source))
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target, name), overwrite=True)
 
 
 def publish_search(tuner: AdapterTuner, output_dict: Dict[str, List[types.Artifact]]) -> Dict[str, Any]:
@@ -61,7 +54,7 @@ def publish_search(tuner: AdapterTuner, output_dict: Dict[str, List[types.Artifa
     _write_json(os.path.join(results_artifact.uri, HOLDOUT_FILE), summary["holdout"])
     for record in records:
         trial_logs = os.path.join(tuner.project_dir, f"trial_{record['trial_id']}", "logs")
-        _copy_tree(trial_logs, os.path.join(results_artifact.uri, TENSORBOARD_DIR, f"trial_{record['trial_id']}"))
+        copy_tree(trial_logs, os.path.join(results_artifact.uri, TENSORBOARD_DIR, f"trial_{record['trial_id']}"))
     line = describe_search(summary)
     results_artifact.set_string_custom_property(SUMMARY_KEY, line)
     logging.info("tuning: %s", line)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict
+from typing import Dict, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -42,6 +42,11 @@ def model_inputs(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     return {name: features[name][:, :length] for name in INPUT_NAMES}
 
 
+def numeric_outputs(task: GlueTask) -> Tuple[str, ...]:
+    """The outputs of the bulk_inference signature, which BulkInferrer adds to each test example."""
+    return (OUTPUT_SCORE,) if task.is_regression else (OUTPUT_LABEL, OUTPUT_PROBABILITIES)
+
+
 def predict_outputs(task: GlueTask, logits: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The model's logits as the serving outputs: probabilities, class id and the task's label value for that
     id (so clients need no lookup table), or a score."""
@@ -53,7 +58,7 @@ def predict_outputs(task: GlueTask, logits: tf.Tensor) -> Dict[str, tf.Tensor]:
 
 
 class ServingModule(tf.Module):
-    """What is exported: the model, the Transform graph, and the two serving signatures."""
+    """What is exported: the model, the Transform graph, and the three serving signatures."""
 
     def __init__(self, model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput, task: GlueTask):
         super().__init__()
@@ -79,7 +84,7 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples_numeric(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         outputs = self._predict(tf.io.parse_example(examples, self.raw_feature_spec))
-        return {name: value for name, value in outputs.items() if value.dtype != tf.string}
+        return {name: outputs[name] for name in numeric_outputs(self.task)}
 
     def text_signature(self) -> tf.types.experimental.ConcreteFunction:
         """Raw sentences in; single-sentence tasks take only `sentence1`."""

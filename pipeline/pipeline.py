@@ -27,8 +27,8 @@ from components.trainability_gate import TrainabilityGate
 from components.tuner import SearchTuner
 from modules.config import TrainingConfig, TuningConfig
 from modules.glue import GlueTask, canonical_name
-from modules.metrics import OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_SCORE, evaluator_configs
-from modules.serving import BULK_SIGNATURE
+from modules.metrics import evaluator_configs
+from modules.serving import BULK_SIGNATURE, numeric_outputs
 from modules.tuner import SEARCH_ROOT_KEY, TUNING_KEY
 from pipeline.configs import DEFAULT_CONSTANT_MARGIN, DataChecks
 
@@ -181,8 +181,7 @@ def default_predictions_dir(serving_dir: str) -> str:
 def bulk_inferrer_specs(task: GlueTask, splits: List[str]
                         ) -> Tuple[tfx.proto.DataSpec, tfx.proto.ModelSpec, tfx.proto.OutputExampleSpec]:
     """BulkInferrer's settings: the test splits, the numeric signature, its outputs added to each example."""
-    outputs = [OUTPUT_SCORE] if task.is_regression else [OUTPUT_LABEL, OUTPUT_PROBABILITIES]
-    columns = [tfx.proto.PredictOutputCol(output_key=name, output_column=name) for name in outputs]
+    columns = [tfx.proto.PredictOutputCol(output_key=name, output_column=name) for name in numeric_outputs(task)]
     return (tfx.proto.DataSpec(example_splits=splits), tfx.proto.ModelSpec(model_signature_name=[BULK_SIGNATURE]),
             tfx.proto.OutputExampleSpec(output_columns_spec=[tfx.proto.OutputColumnsSpec(
                 predict_output=tfx.proto.PredictOutput(output_columns=columns))]))

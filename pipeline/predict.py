@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask, get_task, load_task_spec
 from pipeline import console
 
-DEFAULT_SIGNATURE = "predict_text"  # modules.trainer.TEXT_SIGNATURE
+DEFAULT_SIGNATURE = "predict_text"  # modules.serving.TEXT_SIGNATURE
 # Output names of the signature (modules.metrics; repeated so that this client does not import TFMA).
 OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_SCORE = "probabilities", "label", "label_name", "score"
 REST_PORT, GRPC_PORT = 8501, 8500
@@ -275,7 +275,7 @@ def predict_file(task: GlueTask, input_path: str, output_path: str, predict, bat
 
     examples = list(read_examples(input_path, task, labeled=False))
     rows, start, progress = [], time.time(), len(examples) > PROGRESS_ROWS
-    for offset in range(0, len(examples), batch_size):
+    for number, offset in enumerate(range(0, len(examples), batch_size), start=1):
         batch = examples[offset:offset + batch_size]
         sentence2 = [text(e, FEATURE_TEXT_B) for e in batch] if task.text_b else None
         answers = predict(task, [text(e, FEATURE_TEXT_A) for e in batch], sentence2)
@@ -283,7 +283,7 @@ def predict_file(task: GlueTask, input_path: str, output_path: str, predict, bat
             rows.append(PredictionRow(example.features.feature[FEATURE_INDEX].int64_list.value[0],
                                       label_id=answer.label_id, probabilities=answer.probabilities, score=answer.score))
         done, seconds = len(rows), time.time() - start
-        if progress and (done % (10 * batch_size) < batch_size or done == len(examples)):
+        if progress and (number % 10 == 0 or done == len(examples)):
             rate = done / max(seconds, 1e-9)
             print(f"{done}/{len(examples)} rows, {rate:.1f} rows/s, ETA {(len(examples) - done) / rate:.0f} s",
                   file=sys.stderr)

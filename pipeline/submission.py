@@ -19,41 +19,43 @@ from modules.glue import TASKS, get_task, submission_file
 from pipeline import configs
 
 
+# GLUE's diagnostic set is not in every GLUE download: a task's zip entry is complete without it.
+OPTIONAL_FILES = ("AX.tsv",)
+
+
 def _versions(directory: str) -> List[int]:
+    """The numeric version directories (components.pusher.existing_versions without its TensorFlow import: this
+    command only reads local files)."""
     if not os.path.isdir(directory):
         return []
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def task_predictions(task_name: str, predictions_dir: str, serving_dir: str) -> Tuple[Optional[str], str]:
-    """(directory of the served version's predictions, "") or (None, why there are none)."""
+def task_files(task_name: str, predictions_dir: str, serving_dir: str) -> Tuple[Dict[str, str], str]:
+    """({file name in the zip: path} of the served version's predictions, "") or ({}, why there are none)."""
     task = get_task(task_name)
     served = _versions(os.path.join(serving_dir, task.name))
     if not served:
-        return None, f"no model served under {os.path.join(serving_dir, task.name)}"
+        return {}, f"no model served under {os.path.join(serving_dir, task.name)}"
     directory = os.path.join(predictions_dir, task.name, str(served[-1]))
     if not os.path.isdir(directory):
-        return None, f"the served version {served[-1]} has no predictions ({directory} does not exist)"
-    missing = [name for split in task.test_splits if (name := submission_file(task, split)) != "AX.tsv"
-               and not os.path.isfile(os.path.join(directory, name))]
+        return {}, f"the served version {served[-1]} has no predictions ({directory} does not exist)"
+    names = [submission_file(task, split) for split in task.test_splits]
+    files = {name: os.path.join(directory, name) for name in names if os.path.isfile(os.path.join(directory, name))}
+    missing = [name for name in names if name not in files and name not in OPTIONAL_FILES]
     if missing:
-        return None, f"{directory} lacks {', '.join(missing)}"
-    return directory, ""
+        return {}, f"{directory} lacks {', '.join(missing)}"
+    return files, ""
 
 
 def collect(tasks: Sequence[str], predictions_dir: str, serving_dir: str) -> Tuple[Dict[str, str], Dict[str, str]]:
     """({file name in the zip: path}, {task: why it is missing})."""
     files, missing = {}, {}
     for name in tasks:
-        directory, why = task_predictions(name, predictions_dir, serving_dir)
-        if directory is None:
+        found, why = task_files(name, predictions_dir, serving_dir)
+        files.update(found)
+        if why:
             missing[name] = why
-            continue
-        task = get_task(name)
-        for split in task.test_splits:
-            path = os.path.join(directory, submission_file(task, split))
-            if os.path.isfile(path):
-                files[submission_file(task, split)] = path
     return files, missing
 
 
