@@ -37,8 +37,11 @@ from typing import Dict, List
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+from bench.common import REPO_ROOT
+
 BATCH, SEQ = 32, 128
-HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "/work/hubenv/bin/python")
+# AdapterHub's venv (docs/adapterhub.md): $ADAPTERHUB_PYTHON, else ../hubenv beside the project.
+HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", os.path.join(REPO_ROOT, "..", "hubenv", "bin", "python"))
 
 
 class AdapterHub:

@@ -29,7 +29,8 @@ from typing import Any, Dict, List
 from bench.common import GLUE_DIR, REPO_ROOT, glue_file_or_exit, machine_state, print_table, write_results
 from bench.glue_accuracy import ADAPTER_LR, FULL_LR, Run, main_metric, run_pipeline
 
-HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "/work/hubenv/bin/python")
+# AdapterHub's venv (docs/adapterhub.md): $ADAPTERHUB_PYTHON, else ../hubenv beside the project.
+HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", os.path.join(REPO_ROOT, "..", "hubenv", "bin", "python"))
 TASK = "mrpc"
 
 
