@@ -5,7 +5,8 @@
 Parts, each run as its own child process (TensorFlow state stays apart; its log in outputs/bench/logs/), in order:
   train_throughput  training ex/s per precision: MiniLM adapters in float32, float32 + XLA, mixed_bfloat16,
                     mixed_bfloat16 + XLA, and full fine-tuning; batch 32 x 128, Keras fit (AdapterHub float32 and
-                    bf16 autocast interleaved when --adapterhub_venv is given)
+                    bf16 autocast, each also under torch.compile, interleaved when --adapterhub_venv is given); each
+                    also in GFLOP/s and as a share of the float32 and bfloat16 matmul rate at the model's shapes
   serving_latency   predict_text latency at batch 1 and ex/s at batch 32: adapters, AdapterDrop K = 3, no adapters
   bundle_latency    one input answered for every task of a 3- and 5-task bundle: all_tasks vs one call per task
   mrpc_training     a whole MRPC training through the pipeline (10 epochs; AdapterHub beside it when its venv is
@@ -138,10 +139,19 @@ def rows_of(name: str, r: Dict[str, Any]) -> List[List[str]]:
         labels = {"adapter": "adapters, float32", "adapter_xla": "adapters, float32 + XLA",
                   "adapter_bf16": "adapters, mixed_bfloat16", "adapter_bf16_xla": "adapters, mixed_bfloat16 + XLA",
                   "full": "full fine-tuning, float32", "adapterhub": "AdapterHub adapters, float32",
-                  "adapterhub_bf16": "AdapterHub adapters, bf16 autocast"}
-        rates = r["examples_per_second"]
-        return [[f"training ex/s, batch 32 x 128: {label}", f1(rates[key]["median"])]
-                for key, label in labels.items() if key in rates]
+                  "adapterhub_bf16": "AdapterHub adapters, bf16 autocast",
+                  "adapterhub_compile": "AdapterHub adapters, float32, torch.compile",
+                  "adapterhub_bf16_compile": "AdapterHub adapters, bf16 autocast, torch.compile"}
+        rates, limit, share = r["examples_per_second"], r["matmul_limit_gflops"], r["share_of_matmul_limit"]
+        rows = [[f"matmul limit at the model's shapes, GFLOP/s: {dtype}", f1(limit[dtype]["median"])]
+                for dtype in limit]
+        for key, label in labels.items():
+            if key in rates:
+                shares = ", ".join(f"{100 * value:.0f}% of {dtype}" for dtype, value in share[key].items())
+                rows.append([f"training ex/s, batch 32 x 128: {label} (GFLOP/s; share of the matmul limit)",
+                             f"{f1(rates[key]['median'])} ({r['gflops'][key]:.0f}; {shares})"])
+        return rows + [[f"target: {target}", "met" if met else "missed"] for target, met in r["targets"].items()
+                       if "matmul limit" in target]
     if name == "serving_latency":
         latency, rate = r["batch1_latency"], r["batch32_examples_per_second"]
         labels = {"adapter": "adapters", "adapter_k3": "adapters, AdapterDrop K = 3", "plain": "no adapters"}

@@ -64,13 +64,16 @@ class AdapterHub:
             raise RuntimeError(f"{self.python} {self.SCRIPT} ended early (exit {self.process.wait()})")
         return json.loads(line)
 
-    def measure(self, drop: int, steps: int, bf16: bool = False) -> float:
-        """Examples/s of `steps` AdapterHub training steps at K = drop (bf16: under torch.autocast bfloat16)."""
-        self.process.stdin.write(f"{drop} {steps}{' bf16' if bf16 else ''}\n")
+    def measure(self, drop: int, steps: int, bf16: bool = False, compile: bool = False) -> float:
+        """Examples/s of `steps` AdapterHub training steps at K = drop (bf16: under torch.autocast bfloat16;
+        compile: under torch.compile, compiled in the first such call). Raises RuntimeError if torch.compile fails."""
+        self.process.stdin.write(f"{drop} {steps}{' bf16' if bf16 else ''}{' compile' if compile else ''}\n")
         self.process.stdin.flush()
         answer = self._answer()
+        if "error" in answer:
+            raise RuntimeError(f"torch.compile failed in AdapterHub's Python: {answer['error']}")
         self.last_cpu_seconds_per_step = answer["cpu_seconds_per_step"]
-        if not bf16:
+        if not (bf16 or compile):
             self.cpu_seconds_per_step[drop].append(answer["cpu_seconds_per_step"])
         return answer["examples_per_second"]
 

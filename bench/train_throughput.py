@@ -17,8 +17,17 @@ Variants measured in one process:
                      AdapterHub's Houlsby adapters (bottleneck 64, gelu) on the same MiniLM weights and batch layout,
                      bench/studies/adapterhub_drop.py at K = 0 in that Python, asked for one measurement at its turn
   adapterhub_bf16    the same under torch.autocast("cpu", dtype=torch.bfloat16)
+  adapterhub_compile, adapterhub_bf16_compile   both under torch.compile (dropped, and the error recorded, if
+                     torch.compile fails there)
 and a breakdown of the adapter and full steps: forward (training=True, with loss) / forward+backward
 (GradientTape, gradients of the trainable variables) / whole Keras train step.
+
+The machine's limit, interleaved with the variants: TensorFlow's matmul rate (a tf.function, GFLOP/s counted as
+2*m*n*k) at the backbone's shapes, float32 and bfloat16: the tokens of a batch (32 x 128 = 4096 rows) times
+hidden x intermediate, intermediate x hidden and hidden x hidden (each as often as one layer has it: 1, 1, 4).
+Every variant's rate is also given in GFLOP/s (flops_per_example: the backbone's matrix products) and as a share
+of the float32 limit and, for bfloat16 variants, of the bfloat16 one; the targets are training at >= 60% of the
+float32 limit and >= 40% of the bfloat16 one.
 Thread settings are set at TensorFlow start-up, so they are measured in child processes (one per setting,
 rounds interleaved) running the plain adapter variant.
 """
@@ -30,11 +39,14 @@ import os
 import subprocess
 import sys
 import time
+from typing import Callable, Dict, List, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 BATCH, SEQ = 32, 128
+TARGETS = {"float32": 0.60, "bfloat16": 0.40}  # issue #31: training's share of the matmul limit, per precision
+BF16_VARIANTS = ("adapter_bf16", "adapter_bf16_xla", "adapterhub_bf16", "adapterhub_bf16_compile")
 THREAD_SETTINGS = {  # name -> (intra_op, inter_op, extra env)
     "default(intra=0,inter=0)": (0, 0, {}),
     "intra=2,inter=1": (2, 1, {}),
@@ -42,6 +54,69 @@ THREAD_SETTINGS = {  # name -> (intra_op, inter_op, extra env)
     "default,oneDNN off": (0, 0, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
     "default,oneDNN on": (0, 0, {"TF_ENABLE_ONEDNN_OPTS": "1"}),  # TF's default only on AVX512-VNNI/BF16, AMX CPUs
 }
+
+
+def flops_per_example(config, seq_length: int, adapter_params: int = 0, full_finetune: bool = False) -> Dict[str, float]:
+    """FLOPs of one example of `seq_length` tokens: {"forward": ..., "train": ...} (a training step's forward and
+    backward), counted from the backbone's config so the same count holds for any BERT.
+
+    Only matrix products count, 2 FLOPs per multiply-add, because they are what the matmul limit bounds
+    (LayerNorm, softmax, GELU, dropout are elementwise; the embeddings are lookups; the pooler and classifier
+    see one token of seq_length). Per token, forward: 2 x the weight-matrix entries it passes through (per layer
+    Q, K, V, attention output: 4 h^2; feed-forward in and out: 2 h i; plus the adapters' kernels, adapter_params
+    in all) and attention's products QK^T and AV (2 x 2 x seq_length x h per layer).
+    Training: the backward pass multiplies by every matrix again to carry the gradient down (one more forward);
+    full fine-tuning also forms every weight's gradient (a third forward). Adapter training skips the frozen
+    weights' gradients: 2 x forward. That leaves out the adapters' own weight gradients and attention's second
+    gradient product (each about 2.5% of an adapter step at MiniLM's sizes), so an adapter step's rate is a
+    lower bound.
+    """
+    layers, hidden, intermediate = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    matrices = layers * (4 * hidden * hidden + 2 * hidden * intermediate) + adapter_params
+    attention = layers * 2 * 2 * seq_length * hidden
+    forward = seq_length * (2 * matrices + attention)
+    return {"forward": float(forward), "train": float((3 if full_finetune else 2) * forward)}
+
+
+def adapter_params(model) -> int:
+    """The entries of the model's adapter kernels (down and up projections), which every token passes through."""
+    import numpy as np
+
+    return int(sum(np.prod(v.shape) for adapter in model.adapters for v in adapter.weights if len(v.shape) == 2))
+
+
+def matmul_shapes(config, rows: int) -> List[Tuple[int, int, int, int]]:
+    """(m, k, n, times per layer) of the backbone's weight matmuls for `rows` tokens."""
+    hidden, intermediate = config.hidden_size, config.intermediate_size
+    return [(rows, hidden, intermediate, 1), (rows, intermediate, hidden, 1), (rows, hidden, hidden, 4)]
+
+
+class MatmulLimit:
+    """TensorFlow's matmul rate at the backbone's shapes in one dtype: the most a training step's matrix products
+    can run at here. A measurement times `repeats` x one layer's matmuls; GFLOP/s = 2*m*n*k per product over the
+    time of all, and per shape."""
+
+    def __init__(self, shapes: List[Tuple[int, int, int, int]], dtype: str):
+        import tensorflow as tf
+
+        self.shapes = shapes
+        # One tf.function per shape, each traced once (one wrapping tf.matmul for all would retrace per shape).
+        self.matmuls = [tf.function(lambda a, b: tf.matmul(a, b)) for _ in shapes]
+        self.operands = [(tf.cast(tf.random.uniform((m, k)), dtype), tf.cast(tf.random.uniform((k, n)), dtype))
+                         for m, k, n, _ in shapes]
+        self.per_shape: Dict[str, List[float]] = {f"{m}x{k} @ {k}x{n}": [] for m, k, n, _ in shapes}
+
+    def measure(self, repeats: int) -> float:
+        total_flops = total_seconds = 0.0
+        for (m, k, n, times), matmul, (a, b), key in zip(self.shapes, self.matmuls, self.operands, self.per_shape):
+            start = time.perf_counter()
+            for _ in range(repeats * times):
+                out = matmul(a, b)
+            out.numpy()
+            seconds, flops = time.perf_counter() - start, 2.0 * m * n * k * repeats * times
+            self.per_shape[key].append(flops / seconds / 1e9)
+            total_flops, total_seconds = total_flops + flops, total_seconds + seconds
+        return total_flops / total_seconds / 1e9
 
 
 def synthetic_batch(seed: int = 0):
@@ -122,7 +197,8 @@ def main() -> None:
     parser.add_argument("--thread-rounds", type=int, default=1, help="rounds of child processes per thread setting")
     parser.add_argument("--no-threads", action="store_true", help="skip the thread-setting child processes")
     parser.add_argument("--adapterhub", metavar="PYTHON", default="",
-                        help="also measure AdapterHub (float32 and bf16 autocast) with this Python, interleaved")
+                        help="also measure AdapterHub (float32 and bf16 autocast, each also under torch.compile) "
+                             "with this Python, interleaved")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--inter", type=int, default=0, help=argparse.SUPPRESS)
@@ -152,6 +228,9 @@ def main() -> None:
     for name in ("adapter_xla", "adapter_bf16", "adapter_bf16_xla"):
         models[name].set_weights(reference.get_weights())  # same adapters, head and backbone everywhere
     trainable = {name: int(sum(np.prod(v.shape) for v in m.trainable_variables)) for name, m in models.items()}
+    bert_config = reference.bert.config
+    adapter_flops = flops_per_example(bert_config, SEQ, adapter_params(reference))
+    full_flops = flops_per_example(bert_config, SEQ, full_finetune=True)
 
     # Does bf16 still give the same predictions? Same weights, inference mode.
     logits32 = reference(features, training=False).numpy()
@@ -183,10 +262,18 @@ def main() -> None:
     fwd_a, fwd_bwd_a = make_breakdown(models["adapter"])
     fwd_f, fwd_bwd_f = make_breakdown(models["full"])
 
-    variants = {name: (lambda m=m, n=name: fit_rate(m, dataset, args.steps, n)) for name, m in models.items()}
+    limits = {dtype: MatmulLimit(matmul_shapes(bert_config, BATCH * SEQ), dtype) for dtype in TARGETS}
+    variants: Dict[str, Callable[[], float]] = {f"matmul_{dtype}": (lambda limit=limit: limit.measure(args.steps))
+                                                for dtype, limit in limits.items()}
+    variants.update({name: (lambda m=m, n=name: fit_rate(m, dataset, args.steps, n)) for name, m in models.items()})
     for name, fn in (("forward", forward), ("adapter_fwd_train", fwd_a), ("adapter_fwd_bwd", fwd_bwd_a),
                      ("full_fwd_train", fwd_f), ("full_fwd_bwd", fwd_bwd_f)):
         variants[name] = lambda fn=fn, n=name: loop_rate(fn, features, labels, args.steps, n)
+    # Matrix-product FLOPs per example of every variant that trains or runs the model (flops_per_example).
+    flops = {name: adapter_flops["train"] for name in ("adapter", "adapter_xla", "adapter_bf16", "adapter_bf16_xla",
+                                                       "adapter_fwd_bwd")}
+    flops.update(full=full_flops["train"], full_fwd_bwd=full_flops["train"], forward=adapter_flops["forward"],
+                 adapter_fwd_train=adapter_flops["forward"], full_fwd_train=full_flops["forward"])
 
     hub = None
     if args.adapterhub:
@@ -195,34 +282,51 @@ def main() -> None:
 
         print("starting AdapterHub...", flush=True)
         hub = AdapterHub(backbone.resolve_model_dir("minilm"), [0], python=args.adapterhub)
-        trainable["adapterhub"] = trainable["adapterhub_bf16"] = hub.info["trainable_params"]["0"]
 
         def hub_rate(name: str) -> float:
-            rate = hub.measure(0, args.steps, bf16=name.endswith("bf16"))
+            rate = hub.measure(0, args.steps, bf16="bf16" in name, compile=name.endswith("compile"))
             CPU_SECONDS_PER_STEP.setdefault(name, []).append(hub.last_cpu_seconds_per_step)
             return rate
 
-        for name in ("adapterhub", "adapterhub_bf16"):
+        for name in ("adapterhub", "adapterhub_bf16", "adapterhub_compile", "adapterhub_bf16_compile"):
             variants[name] = lambda n=name: hub_rate(n)
+            trainable[name] = hub.info["trainable_params"]["0"]
+            flops[name] = adapter_flops["train"]  # the same Houlsby adapters (bottleneck 64) on the same backbone
 
-    print("warm-up (tracing, XLA compilation)...")
-    compile_seconds = {}
-    for name, measure in variants.items():
+    print("warm-up (tracing, XLA compilation, torch.compile)...")
+    compile_seconds, torch_compile_errors = {}, {}
+    for name, measure in list(variants.items()):
         start = time.perf_counter()
         if name in models:
             models[name].fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
         else:
-            measure()
+            try:
+                measure()
+            except RuntimeError as e:
+                if not name.endswith("compile"):
+                    raise
+                torch_compile_errors[name] = str(e)
+                del variants[name]
+                print(f"  {name}: not measured: {e}")
+                continue
         compile_seconds[name] = round(time.perf_counter() - start, 1)
         CPU_SECONDS_PER_STEP.pop(name, None)  # warm-up is not measured
         print(f"  {name}: {compile_seconds[name]} s")
+    for matmul in limits.values():
+        for shape_values in matmul.per_shape.values():
+            shape_values.clear()  # warm-up is not measured
     xla_check = {name: {"model.jit_compile": bool(models[name].jit_compile),
                         "train_function_jit_compile": getattr(models[name].train_function, "_jit_compile", None)}
                  for name in ("adapter_xla", "adapter_bf16_xla")}
 
     print(f"measuring: {args.repeats} interleaved repeats of {args.steps} steps x {BATCH} examples")
     values = common.interleave(variants, args.repeats)
+    limit_values = {dtype: values.pop(f"matmul_{dtype}") for dtype in limits}
+    limit = {dtype: common.median(v) for dtype, v in limit_values.items()}
     med = {name: common.median(v) for name, v in values.items()}
+    gflops = {name: flops[name] * med[name] / 1e9 for name in values if name in flops}
+    share = {name: {dtype: gflops[name] / limit[dtype]
+                    for dtype in (TARGETS if name in BF16_VARIANTS else ["float32"])} for name in gflops}
     cpu_med = {name: common.median(CPU_SECONDS_PER_STEP[name]) for name in values}
     if hub:
         hub.close()
@@ -256,6 +360,9 @@ def main() -> None:
     if hub:
         ratios["adapter / adapterhub (float32)"] = med["adapter"] / med["adapterhub"]
         ratios["adapter_bf16 / adapterhub_bf16"] = med["adapter_bf16"] / med["adapterhub_bf16"]
+        for name in ("adapterhub_compile", "adapterhub_bf16_compile"):
+            if name in med:
+                ratios[f"{name} / {name.rsplit('_', 1)[0]}"] = med[name] / med[name.rsplit("_", 1)[0]]
     # Seconds per step (medians): forward, backward = fwd_bwd - fwd, optimizer+Keras = step - fwd_bwd.
     breakdown = {}
     for kind in ("adapter", "full"):
@@ -263,11 +370,23 @@ def main() -> None:
         breakdown[kind] = {"step_s": step, "forward_s": f, "backward_s": fb - f, "optimizer_and_keras_s": step - fb}
 
     targets = {"adapter >= 25 ex/s": med["adapter"] >= 25, "adapter >= 1.5x full": ratios["adapter / full"] >= 1.5}
+    for name in ("adapter", "adapter_xla", "full", "adapter_bf16", "adapter_bf16_xla"):
+        dtype = "bfloat16" if name in BF16_VARIANTS else "float32"
+        targets[f"{name} >= {TARGETS[dtype]:.0%} of the {dtype} matmul limit"] = share[name][dtype] >= TARGETS[dtype]
+
+    def percent(name: str, dtype: str) -> str:
+        return f"{share[name][dtype]:.1%}" if dtype in share.get(name, {}) else "-"
+
     print()
     rows = [[name, trainable.get(name, "-"), med[name], min(values[name]), max(values[name]), cpu_med[name],
-             med[name] / med["adapter"]] for name in values]
+             med[name] / med["adapter"], gflops.get(name, "-"), percent(name, "float32"), percent(name, "bfloat16")]
+            for name in values]
     table = common.print_table(["variant", "trainable params", "median ex/s", "min", "max", "CPU s/step",
-                                "vs adapter"], rows)
+                                "vs adapter", "GFLOP/s", "% f32 limit", "% bf16 limit"], rows)
+    print()
+    limit_table = common.print_table(
+        ["matmul limit (GFLOP/s, medians)", "one layer's mix", *limits["float32"].per_shape],
+        [[dtype, limit[dtype], *(common.median(v) for v in limits[dtype].per_shape.values())] for dtype in limits])
     print()
     common.print_table(["ratio", "value"], [[k, v] for k, v in ratios.items()])
     print()
@@ -281,16 +400,26 @@ def main() -> None:
     print()
     print("bf16 check:", bf16_check)
     print("XLA check:", xla_check)
-    print("targets:", targets)
+    if torch_compile_errors:
+        print("torch.compile not measured:", torch_compile_errors)
+    print("targets:", {key: "met" if value else "missed" for key, value in targets.items()})
     common.write_results("train_throughput", {
         "settings": {"batch_size": BATCH, "seq_length": SEQ, "steps_per_measurement": args.steps,
                      "repeats": args.repeats, "model": "minilm", "adapter": "houlsby, bottleneck 64",
                      "data": "one synthetic batch repeated (tf.data from_tensors().repeat())"},
         "examples_per_second": {name: {"values": v, "median": med[name]} for name, v in values.items()},
         "trainable_params": trainable, "ratios": ratios, "breakdown_seconds_per_step": breakdown,
+        "matmul_limit_gflops": {dtype: {"values": limit_values[dtype], "median": limit[dtype],
+                                        "per_shape": {key: {"values": v, "median": common.median(v)}
+                                                      for key, v in limits[dtype].per_shape.items()}}
+                                for dtype in limits},
+        "flops_per_example": {"adapter": adapter_flops, "full": full_flops,
+                              "counted": "matrix products of the backbone's config (flops_per_example)"},
+        "gflops": gflops, "share_of_matmul_limit": share, "torch_compile_errors": torch_compile_errors,
         "cpu_seconds_per_step": {n: {"values": CPU_SECONDS_PER_STEP[n], "median": cpu_med[n]} for n in values},
         "warmup_seconds": compile_seconds, "xla_check": xla_check, "bf16_check": bf16_check,
         "thread_settings": threads, "targets": targets, "adapterhub": hub.info if hub else None, "table": table,
+        "limit_table": limit_table,
     }, started)
 
 

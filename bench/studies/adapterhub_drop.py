@@ -1,6 +1,6 @@
 """AdapterHub's training throughput at fixed length 128, batch 32, for AdapterDrop K = 0..3: the peer measured
-by bench/adapter_drop.py (every K) and bench/train_throughput.py (`--adapterhub`: K = 0, float32 and bfloat16),
-which start this script in AdapterHub's own venv and interleave it with their variants.
+by bench/adapter_drop.py (every K) and bench/train_throughput.py (`--adapterhub`: K = 0, float32 and bfloat16, each
+also under torch.compile), which start this script in AdapterHub's own venv and interleave it with their variants.
 
     $ADAPTERHUB_PYTHON bench/studies/adapterhub_drop.py MODEL_DIR --drops 0 1 2 3
 
@@ -14,9 +14,10 @@ leave_out=[0..K-1])` (bottleneck 64 of 384, AdapterHub's own AdapterDrop), a cla
 synthetic batch (the same token layout as bench/train_throughput.synthetic_batch).
 
 Protocol (line-based, so the caller can interleave): after loading, prints `ready`; then reads lines
-`<K> <steps>` (or `<K> <steps> bf16`: forward and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`) from
-stdin and answers each with one JSON line {"drop": K, "bf16": ..., "examples_per_second": ...,
-"cpu_seconds_per_step": ...}; ends at EOF.
+`<K> <steps> [bf16] [compile]` from stdin (bf16: forward and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`;
+compile: the model under `torch.compile`, compiled at its first request, which is that request's time) and answers
+each with one JSON line {"drop": K, "bf16": ..., "compile": ..., "examples_per_second": ...,
+"cpu_seconds_per_step": ...}, or {"error": ...} when torch.compile fails; ends at EOF.
 """
 from __future__ import annotations
 
@@ -64,10 +65,15 @@ def main() -> None:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.01)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-        def step(bf16: bool = False, model=model, optimizer=optimizer) -> None:
+        compiled = {}  # the torch.compile'd model, made at the first compile request
+
+        def step(bf16: bool = False, use_compile: bool = False, model=model, optimizer=optimizer,
+                 compiled=compiled) -> None:
+            if use_compile and "model" not in compiled:
+                compiled["model"] = torch.compile(model)
             optimizer.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-                logits = model(**batch).logits
+                logits = (compiled["model"] if use_compile else model)(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             loss.backward()
             optimizer.step()
@@ -79,13 +85,21 @@ def main() -> None:
                       "trainable_params": {str(k): t for k, (_, t) in steps.items()}}), flush=True)
     for line in sys.stdin:
         words = line.split()
-        drop, count, bf16 = int(words[0]), int(words[1]), words[2:] == ["bf16"]
+        drop, count, bf16, use_compile = int(words[0]), int(words[1]), "bf16" in words[2:], "compile" in words[2:]
         step = steps[drop][0]
         start, cpu = time.perf_counter(), time.process_time()
-        for _ in range(count):
-            step(bf16)
+        try:
+            for _ in range(count):
+                step(bf16, use_compile)
+        except Exception as e:  # torch.compile's backend (a C++ compiler, Triton's CPU path) can be missing here
+            if not use_compile:
+                raise
+            error = f"{type(e).__name__}: {str(e)[:500]}"
+            print(json.dumps({"drop": drop, "bf16": bf16, "compile": True, "error": error}), flush=True)
+            continue
         seconds = time.perf_counter() - start
-        print(json.dumps({"drop": drop, "bf16": bf16, "examples_per_second": count * BATCH / seconds,
+        print(json.dumps({"drop": drop, "bf16": bf16, "compile": use_compile,
+                          "examples_per_second": count * BATCH / seconds,
                           "cpu_seconds_per_step": (time.process_time() - cpu) / count}), flush=True)
 
 
