@@ -1,6 +1,6 @@
 """A test double for the KFP v2 launcher: executes, on this machine, a spec written by `python -m kubeflow.runner`.
 
-    python -m kubeflow.launcher kubeflow/adapter-bert-glue-mrpc.json [--run_id RUN_ID]
+    python -m kubeflow.launcher kubeflow/adapter-bert-glue-mrpc.json [--run_id RUN_ID] [--warm]
 
 Not an orchestrator for users (use Vertex AI Pipelines or Kubeflow Pipelines, see kubeflow/README.md). It exists
 because no cluster and no container engine are available here, so that the compiled spec itself, not the Python
@@ -9,6 +9,9 @@ its pod:
   - tasks in the DAG's topological order (ties by name), one at a time;
   - each executor's container `command` + `args` exactly as the spec has them, in a subprocess whose `python` is
     this virtualenv's interpreter (the image installs the same lock) and with the image's TF_USE_LEGACY_KERAS=1;
+    with `warm`, each `python -m` command runs in a child forked from one interpreter that imported TensorFlow,
+    TFX and Beam once (kubeflow/forkserver.py: the same entry point and arguments, without the import each
+    fresh interpreter pays);
   - placeholders filled by KFP's own resolver (kfp.local.placeholder_utils): `{{$}}` is the task's ExecutorInput
     (kfp-pipeline-spec protos): parameter values from the task's runtimeValue constants, the root's
     componentInputParameters or upstream output parameters; input artifacts as the upstream executors wrote them
@@ -24,6 +27,7 @@ What KFP does that this does not (scheduling, caching, retries, images, metadata
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -38,6 +42,8 @@ import yaml
 from google.protobuf import json_format, struct_pb2
 from kfp.local import executor_input_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2 as pb
+
+from kubeflow.forkserver import ForkServer, is_python_module_command
 
 EXECUTOR_OUTPUT_FILE = "executor_output.json"
 # What kubeflow/Dockerfile sets for every container (ENV), beyond the inherited environment.
@@ -197,20 +203,30 @@ def read_executor_output(path: str) -> pb.ExecutorOutput:
     return executor_output
 
 
+def container_env() -> Dict[str, str]:
+    """The environment of every container process: this one's, the image's ENV, this venv's `python` first."""
+    return {**os.environ, **IMAGE_ENV,
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+
+
 def run_container(command: Sequence[str], args: Sequence[str], executor_input: pb.ExecutorInput,
-                  component: pb.ComponentSpec, run_id: str, task_name: str, pipeline_root: str, log_path: str
-                  ) -> List[str]:
-    """One container process, as its pod would run it: placeholders filled, `python` from this venv, log to a file.
+                  component: pb.ComponentSpec, run_id: str, task_name: str, pipeline_root: str, log_path: str,
+                  fork_server: Optional[ForkServer] = None) -> List[str]:
+    """One container process, as its pod would run it: placeholders filled, `python` from this venv, log to a file;
+    forked from `fork_server` if given (a `python -m` command), else a fresh interpreter.
 
     Returns the command line it ran."""
     executor_input_dict = executor_input_utils.executor_input_to_dict(executor_input, component)
     argv = placeholder_utils.replace_placeholders(
         full_command=[*command, *args], executor_input_dict=executor_input_dict,
         pipeline_resource_name=run_id, task_resource_name=task_name, pipeline_root=pipeline_root)
-    env = {**os.environ, **IMAGE_ENV,
-           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-    with open(log_path, "ab") as log, tempfile.TemporaryDirectory(prefix=f"{task_name}-workdir-") as workdir:
-        returncode = subprocess.run(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    with tempfile.TemporaryDirectory(prefix=f"{task_name}-workdir-") as workdir:
+        if fork_server is not None and is_python_module_command(argv):
+            returncode = fork_server.run(argv, workdir, log_path)
+        else:
+            with open(log_path, "ab") as log:
+                returncode = subprocess.run(argv, cwd=workdir, env=container_env(), stdout=log,
+                                            stderr=subprocess.STDOUT).returncode
     if returncode != 0:
         with open(log_path, errors="replace") as f:
             tail = "".join(f.readlines()[-LOG_TAIL_LINES:])
@@ -236,8 +252,12 @@ def publish(task_name: str, run_id: str, executor_input: pb.ExecutorInput, writt
     return published
 
 
-def run(spec_path: str, run_id: Optional[str] = None, progress: Callable[[str], None] = print) -> PipelineRun:
-    """Executes every task of the spec's root DAG; raises TaskFailed naming the first task that fails."""
+def run(spec_path: str, run_id: Optional[str] = None, progress: Callable[[str], None] = print,
+        warm: bool = False) -> PipelineRun:
+    """Executes every task of the spec's root DAG; raises TaskFailed naming the first task that fails.
+
+    warm: fork each task's process from one interpreter that imported TensorFlow, TFX and Beam once
+    (kubeflow/forkserver.py), instead of starting a fresh interpreter per process."""
     spec, runtime_config = load_spec(spec_path)
     pipeline_root = (runtime_config.gcs_output_directory or spec.default_pipeline_root).rstrip("/")
     if not pipeline_root:
@@ -248,7 +268,17 @@ def run(spec_path: str, run_id: Optional[str] = None, progress: Callable[[str], 
     log_dir = os.path.join(run_root, "logs")
     os.makedirs(log_dir)  # a new run id: an existing directory would mix two runs' artifacts
     parameters = root_parameters(spec, runtime_config)
+    with (ForkServer(container_env(), os.path.join(log_dir, "forkserver.log")) if warm
+          else contextlib.nullcontext()) as fork_server:
+        return PipelineRun(run_id, run_root, run_tasks(spec, parameters, run_root, pipeline_root, run_id, progress,
+                                                       fork_server))
+
+
+def run_tasks(spec: pb.PipelineSpec, parameters: Mapping[str, struct_pb2.Value], run_root: str, pipeline_root: str,
+              run_id: str, progress: Callable[[str], None], fork_server: Optional[ForkServer]) -> List[TaskRun]:
+    """Runs every task in topological order and returns what each did."""
     tasks = spec.root.dag.tasks
+    log_dir = os.path.join(run_root, "logs")
     published: Dict[str, pb.ExecutorOutput] = {}
     runs: List[TaskRun] = []
     for name in topological_order(tasks):
@@ -269,17 +299,17 @@ def run(spec_path: str, run_id: Optional[str] = None, progress: Callable[[str], 
         if container.lifecycle.HasField("pre_cache_check"):
             hook = container.lifecycle.pre_cache_check
             commands.append(run_container(hook.command, hook.args, executor_input, component, run_id, name,
-                                          pipeline_root, log_path))
+                                          pipeline_root, log_path, fork_server))
             driver_output = read_executor_output(executor_input.outputs.output_file)
             for key, artifacts in driver_output.artifacts.items():
                 merge_artifact(artifacts.artifacts[0], executor_input.outputs.artifacts[key].artifacts[0])
         commands.append(run_container(container.command, container.args, executor_input, component, run_id, name,
-                                      pipeline_root, log_path))
+                                      pipeline_root, log_path, fork_server))
         seconds = time.monotonic() - start
         published[name] = publish(name, run_id, executor_input, read_executor_output(executor_input.outputs.output_file))
         runs.append(TaskRun(name, seconds, executor_input, published[name], log_path, commands))
         progress(f"[{len(runs)}/{len(tasks)}] {name} succeeded in {seconds:.1f} s")
-    return PipelineRun(run_id, run_root, runs)
+    return runs
 
 
 def summary(pipeline_run: PipelineRun) -> str:
@@ -295,9 +325,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="a .json PipelineJob or .yaml PipelineSpec written by `python -m kubeflow.runner`")
     parser.add_argument("--run_id", help="run directory name under <pipeline root>/<pipeline name>/ (default: name and UTC time)")
+    parser.add_argument("--warm", action="store_true",
+                        help="fork each task's process from one interpreter that imported TensorFlow, TFX and Beam once")
     args = parser.parse_args(argv)
     try:
-        pipeline_run = run(args.spec, args.run_id)
+        pipeline_run = run(args.spec, args.run_id, warm=args.warm)
     except (ValueError, FileExistsError, TaskFailed) as e:
         sys.exit(f"error: {e}")
     print(summary(pipeline_run))
