@@ -65,20 +65,22 @@ class Run:
     learning_rate: float
     bottleneck_size: int = BOTTLENECK
     precision: str = "float32"
+    xla: bool = False  # the train step XLA-compiled (--xla on; off: the runs before XLA existed)
     adapter_drop: int = 0  # AdapterDrop: no adapters in the lowest K layers
     freeze_layer_norms: bool = False
 
     @property
     def key(self) -> str:
         size = "" if self.method == "full" else f"-b{self.bottleneck_size}"
-        precision = "" if self.precision == "float32" else f"-{self.precision}"
+        precision = ("" if self.precision == "float32" else f"-{self.precision}") + ("-xla" if self.xla else "")
         drop = f"-drop{self.adapter_drop}" if self.adapter_drop else ""
         frozen = "-frozenln" if self.freeze_layer_norms else ""
         return f"{self.task}-{self.method}{size}-lr{self.learning_rate:g}{precision}{drop}{frozen}-s{self.seed}"
 
     def flags(self, epochs: int) -> List[str]:
         flags = ["--task", self.task, "--epochs", str(epochs), "--seed", str(self.seed),
-                 "--learning_rate", f"{self.learning_rate:g}", "--precision", self.precision]
+                 "--learning_rate", f"{self.learning_rate:g}", "--precision", self.precision,
+                 "--xla", "on" if self.xla else "off"]
         if self.adapter_drop:
             flags += ["--adapter_drop", str(self.adapter_drop)]
         if self.freeze_layer_norms:
@@ -87,12 +89,15 @@ class Run:
 
 
 def plan(seeds: Sequence[int], tasks: Sequence[str], methods: Sequence[str], main_only: bool,
-         drops: Sequence[int] = (0,), freeze_layer_norms: bool = False, precision: str = "float32") -> List[Run]:
+         drops: Sequence[int] = (0,), freeze_layer_norms: bool = False, precision: str = "float32",
+         xla: bool = False) -> List[Run]:
     """Every run, most informative first: the main settings seed by seed (a sweep cut short still has whole
     seeds; adapters at each AdapterDrop K of `drops`, layer norms frozen if asked, in `precision`), then the
-    first seed's grid of bottleneck sizes and learning rates and bfloat16 (unless main_only)."""
+    first seed's grid of bottleneck sizes and learning rates and bfloat16 (unless main_only); `xla` compiles the
+    main runs' train step."""
     lr = {"adapters": ADAPTER_LR, "full": FULL_LR}
-    variants = {"adapters": [{"adapter_drop": drop, "freeze_layer_norms": freeze_layer_norms, "precision": precision}
+    variants = {"adapters": [{"adapter_drop": drop, "freeze_layer_norms": freeze_layer_norms, "precision": precision,
+                              "xla": xla}
                              for drop in drops],
                 "full": [{}]}
     runs = [Run(task, method, seed, lr[method], **variant) for seed in seeds for task in tasks for method in methods
@@ -185,11 +190,13 @@ def main_metric(task: str) -> str:
 
 
 def adapter_setting(size: int, precision: str = "float32", adapter_drop: int = 0,
-                    freeze_layer_norms: bool = False) -> Any:
+                    freeze_layer_norms: bool = False, xla: bool = False) -> Any:
     """The adapters' column of a setting: the bottleneck size, with any variant of the main recipe spelled out."""
     label = str(size)
     if precision != "float32":
         label += f", {precision}"
+    if xla:
+        label += ", XLA"
     if adapter_drop:
         label += f", AdapterDrop {adapter_drop}"
     if freeze_layer_norms:
@@ -204,7 +211,7 @@ def groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
     for row in rows:
         size = None if row["method"] == "full" else adapter_setting(
             row["bottleneck_size"], row.get("precision", "float32"), row.get("adapter_drop", 0),
-            row.get("freeze_layer_norms", False))
+            row.get("freeze_layer_norms", False), row.get("xla", False))
         key = (row["task"], row["method"], size, row["learning_rate"], row["epochs"], row["train_examples"])
         grouped.setdefault(key, []).append(row)
     return grouped
@@ -367,6 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
                         help="the adapters' main runs in this precision (the float32 vs bfloat16 question; "
                              "not auto, whose arithmetic depends on the CPU the run lands on)")
+    parser.add_argument("--xla", action="store_true", help="the adapters' main runs with the train step XLA-compiled")
     parser.add_argument("--sst2_train_examples", type=lambda v: None if v == "all" else int(v), default=20_000,
                         help="a fixed random subset of SST-2's 67,349 training examples, or 'all'")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "accuracy"))
@@ -380,7 +388,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sst2_train = args.sst2_train_examples or "all"
         done = {(r["key"], r["epochs"], r["train_examples"]) for r in results["runs"]}
         todo = [r for r in plan(args.seeds, args.only or list(TASK_DIRS), args.methods, args.main_only, args.adapter_drops,
-                                args.freeze_layer_norms, args.precision)
+                                args.freeze_layer_norms, args.precision, args.xla)
                 if (r.key, args.epochs, sst2_train if r.task == "sst2" else "all") not in done]
         sst2_dir = sst2_data_dir(os.path.join(args.output_dir, "data"), args.sst2_train_examples)
         for i, run in enumerate(todo[:args.max_runs]):

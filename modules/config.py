@@ -17,6 +17,8 @@ DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distributi
 # TrainingConfig.precision: Keras mixed-precision policies, or "auto" (trainer.resolve_precision: mixed_bfloat16
 # on CPUs with native bfloat16 arithmetic, float32 elsewhere).
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+# TrainingConfig.xla: compile the train step with XLA; "auto" (trainer.resolve_xla): where it is faster.
+XLA_MODES = ("auto", "on", "off")
 TRANSFORM_FIELDS = ("task", "task_spec", "model", "max_seq_length")  # TrainingConfig.transform_dict
 # The TrainingConfig fields the Tuner searches (Houlsby et al. section 3.2), under these hyperparameter names.
 TUNED_FIELDS = ("learning_rate", "bottleneck_size", "epochs")
@@ -58,6 +60,10 @@ class TrainingConfig:
     # step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without. The exported model always
     # computes in float32.
     precision: str = "float32"
+    # The train step compiled by XLA (Keras jit_compile), batches then padded to their length bucket's bound so
+    # that XLA compiles a few shapes instead of one per batch length. "auto": on with mixed_bfloat16 on one
+    # machine (trainer.resolve_xla), where whole runs measured it faster.
+    xla: str = "auto"
     # tf.distribute strategy of the Trainer: "auto" = MultiWorkerMirroredStrategy when TF_CONFIG describes a
     # cluster of more than one task, else the default (one-device) strategy; or one of them explicitly.
     distribution: str = "auto"
@@ -90,6 +96,8 @@ class TrainingConfig:
             raise ValueError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}.")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if self.xla not in XLA_MODES:
+            raise ValueError(f"--xla must be one of {', '.join(XLA_MODES)}, got {self.xla!r}.")
         self.adapter_config()  # validates bottleneck size, non-linearity, placement and adapter_drop
         if self.full_finetune and self.adapter_drop:
             raise ValueError("--adapter_drop leaves adapters out of layers: it cannot be combined with --full_finetune.")

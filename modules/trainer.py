@@ -100,8 +100,14 @@ def make_dataset(
     bucketing: bool,
     prefix_cache: Optional[PrefixCache] = None,
     rows: Optional[RowFilter] = None,
+    bucket_shapes: bool = False,
 ) -> tf.data.Dataset:
     """(features, label) batches; with `bucketing`, examples of similar length share a batch cut to its longest.
+
+    With `bucket_shapes` (for XLA, which compiles each input shape once: a few instead of one per length), a batch
+    is cut to its bucket's upper bound instead, and a bucket's last, partial batch is padded to `batch_size` rows:
+    the batches are (features, label, weight), the padding rows weigh 0 and the real ones batch_size / n, so the
+    loss (Keras divides the weighted sum by the rows) is the mean over the real rows, as without padding.
 
     With `prefix_cache` (built from the same files and rows) the features are the cached frozen prefix's output
     of the batch's examples instead of their token ids; shuffling and batching are the same. With `rows`, only
@@ -112,8 +118,8 @@ def make_dataset(
         dataset = dataset.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i})
     if shuffle_seed is not None:
         dataset = dataset.shuffle(20_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+    boundaries = bucket_bounds(max_seq_length)[:-1]
     if bucketing:
-        boundaries = [b for b in BUCKET_BOUNDARIES if b < max_seq_length]
         dataset = dataset.bucket_by_sequence_length(
             lambda features: tf.cast(features[LENGTH_FEATURE], tf.int32),
             bucket_boundaries=[b + 1 for b in boundaries],
@@ -123,9 +129,16 @@ def make_dataset(
         dataset = dataset.batch(batch_size)
 
     def split(features: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
-        inputs = model_inputs(features) if bucketing else {name: features[name] for name in INPUT_NAMES}
+        if bucketing and bucket_shapes:
+            inputs = bucket_inputs(features, bucket_bounds(max_seq_length))
+        elif bucketing:
+            inputs = model_inputs(features)
+        else:
+            inputs = {name: features[name] for name in INPUT_NAMES}
         if prefix_cache is not None:
             inputs = prefix_cache.inputs(features[EXAMPLE_INDEX], inputs["attention_mask"])
+        if bucket_shapes:
+            return full_batch(inputs, features[FEATURE_LABEL], batch_size)
         return inputs, features[FEATURE_LABEL]
 
     # Under a multi-worker strategy every worker reads all files in the same order and keeps its own part of
@@ -133,6 +146,30 @@ def make_dataset(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.map(split).prefetch(2).with_options(options)
+
+
+def bucket_bounds(max_seq_length: int) -> List[int]:
+    """The upper bounds of the length buckets, the last one max_seq_length."""
+    return [b for b in BUCKET_BOUNDARIES if b < max_seq_length] + [max_seq_length]
+
+
+def bucket_inputs(features: Dict[str, tf.Tensor], bounds: List[int]) -> Dict[str, tf.Tensor]:
+    """The model's inputs cut to the smallest of `bounds` that holds the batch's longest example."""
+    longest = tf.reduce_max(features[LENGTH_FEATURE])
+    bounds_tensor = tf.constant(bounds, dtype=longest.dtype)
+    length = tf.gather(bounds_tensor, tf.reduce_sum(tf.cast(bounds_tensor < longest, tf.int32)))
+    return {name: features[name][:, :length] for name in INPUT_NAMES}
+
+
+def full_batch(inputs: Dict[str, tf.Tensor], label: tf.Tensor,
+               batch_size: int) -> Tuple[Dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+    """A batch of n <= batch_size rows padded to batch_size, with weights batch_size / n for the real rows and 0
+    for the padding (make_dataset's bucket_shapes)."""
+    n = tf.shape(label)[0]
+    padding = batch_size - n
+    inputs = {name: tf.pad(value, [[0, padding], [0, 0]]) for name, value in inputs.items()}
+    weights = tf.concat([tf.fill([n], batch_size / tf.cast(n, tf.float32)), tf.zeros([padding])], axis=0)
+    return inputs, tf.pad(label, [[0, padding]]), weights
 
 
 def _count(dataset: tf.data.Dataset) -> int:
@@ -324,17 +361,39 @@ def resolve_precision(precision: str) -> str:
     return resolved
 
 
-def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None) -> AdapterBertClassifier:
+def resolve_xla(config: TrainingConfig, precision: str, strategy: tf.distribute.Strategy) -> bool:
+    """Whether the train step is XLA-compiled: config.xla, with "auto" on for mixed_bfloat16 (`precision`,
+    resolved) on one replica without AdapterDrop's prefix cache (whose batches have a shape per length); off for
+    float32, where whole runs gained little or lost (docs/results.md)."""
+    if config.xla != "auto":
+        return config.xla == "on"
+    return (precision == "mixed_bfloat16" and strategy.num_replicas_in_sync == 1
+            and not (config.adapter_drop and config.prefix_cache))
+
+
+def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None,
+                xla: bool = False) -> AdapterBertClassifier:
     """The model in `precision` (default config.precision), with config.warm_start's weights if given: a Keras
-    policy fixes each layer's compute dtype when the layer is created, so it is set around the construction only."""
+    policy fixes each layer's compute dtype when the layer is created, so it is set around the construction only.
+
+    `xla`: for a train step XLA compiles. XLA ignores the seeds of TensorFlow's stateful random ops (dropout's
+    masks would differ from run to run), so the layers are created drawing from tf.random.Generator, seeded by
+    keras.utils.set_random_seed, which XLA runs deterministically. Without XLA the layers keep the stateful ops:
+    the float32 runs' dropout masks, and so their results, stay what they were.
+    """
     previous = keras.mixed_precision.global_policy()
+    generator_before = keras.backend.experimental.is_tf_random_generator_enabled()
     keras.mixed_precision.set_global_policy(resolve_precision(precision or config.precision))
+    if xla:
+        keras.backend.experimental.enable_tf_random_generator()
     try:
         bert = backbone_lib.load_backbone(config.model)
         backbone_lib.check_max_seq_length(config.max_seq_length, bert.config)
         model = AdapterBertClassifier(bert, task.num_labels, config.adapter_config(), full_finetune=config.full_finetune)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+        if not generator_before:
+            keras.backend.experimental.disable_tf_random_generator()
     if config.warm_start:
         load_adapter_weights(model, warm_start_directory(config))  # refuses other backbone weights (fingerprint)
     return model
@@ -350,7 +409,8 @@ def float32_copy(model: AdapterBertClassifier, config: TrainingConfig, task: Glu
     return copy
 
 
-def compile_model(model: keras.Model, config: TrainingConfig, task: GlueTask, total_steps: int) -> None:
+def compile_model(model: keras.Model, config: TrainingConfig, task: GlueTask, total_steps: int,
+                  jit_compile: bool = False) -> None:
     schedule = WarmupLinearDecay(config.learning_rate, total_steps, int(config.warmup_ratio * total_steps))
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay, epsilon=1e-6)
     optimizer.exclude_from_weight_decay(var_names=["LayerNorm", "bias"])
@@ -358,7 +418,7 @@ def compile_model(model: keras.Model, config: TrainingConfig, task: GlueTask, to
         loss = keras.losses.MeanSquaredError()
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
     # The optimizer's slots now, not in the first train step: a step that creates variables is traced twice.
     optimizer.build(model.trainable_variables)
 
@@ -385,8 +445,10 @@ def train(
     strategy = strategy or distribution_strategy(config.distribution)
     task = config.task_description()
     keras.utils.set_random_seed(config.seed)
+    precision = resolve_precision(config.precision)
+    xla = resolve_xla(config, precision, strategy)
     train_data = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
-                              shuffle_seed=config.seed, bucketing=config.bucketing, rows=train_rows)
+                              shuffle_seed=config.seed, bucketing=config.bucketing, rows=train_rows, bucket_shapes=xla)
     eval_data = make_dataset(eval_files, feature_spec, config.batch_size, config.max_seq_length,
                              shuffle_seed=None, bucketing=config.bucketing, rows=eval_rows)
     num_examples = _count(_read_transformed(train_files, feature_spec, train_rows))
@@ -396,14 +458,15 @@ def train(
     # Known length: Keras then stops each epoch on its last batch instead of stepping once more into the end.
     train_data = train_data.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     with strategy.scope():  # variables are created mirrored (and initialised alike) on every worker
-        model = build_model(config, task)
-        compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs)
+        model = build_model(config, task, precision, xla)
+        compile_model(model, config, task, total_steps=steps_per_epoch * config.epochs, jit_compile=xla)
     if config.adapter_drop and config.prefix_cache:
         train_data = _with_prefix_cache(model, config, train_files, feature_spec, strategy, train_data, train_rows)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     total = trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
-    logging.info("training %s on %d examples (%d steps/epoch, %d epochs): %d of %d parameters trainable (%.2f%%)",
-                 task.name, num_examples, steps_per_epoch, config.epochs, trainable, total, 100 * trainable / total)
+    logging.info("training %s on %d examples (%d steps/epoch, %d epochs): %d of %d parameters trainable (%.2f%%); "
+                 "%s%s", task.name, num_examples, steps_per_epoch, config.epochs, trainable, total,
+                 100 * trainable / total, precision, ", XLA" if xla else "")
     chief = is_chief(strategy)
     progress_dir = log_dir if chief else tempfile.mkdtemp(prefix="glue-worker-")  # one set of event files
     progress = ProgressLogger(task, eval_data, num_examples, config.epochs, progress_dir, config.batch_size,
@@ -425,7 +488,7 @@ def _with_prefix_cache(model: AdapterBertClassifier, config: TrainingConfig, tra
         logging.warning("training without the prefix cache: it is built for one replica, this strategy has %d",
                         strategy.num_replicas_in_sync)
         return train_data
-    boundaries = [b for b in BUCKET_BOUNDARIES if b < config.max_seq_length]
+    boundaries = bucket_bounds(config.max_seq_length)[:-1]
     cache = build_prefix_cache(model, _read_transformed(train_files, feature_spec, rows), config.batch_size, boundaries)
     if cache is None:
         return train_data

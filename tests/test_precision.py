@@ -1,4 +1,4 @@
-"""--precision auto: mixed_bfloat16 only where /proc/cpuinfo shows native bfloat16 arithmetic."""
+"""--precision auto: mixed_bfloat16 only where /proc/cpuinfo shows native bfloat16 arithmetic; --xla auto with it."""
 import pytest
 
 from modules import trainer
@@ -32,3 +32,27 @@ def test_auto_is_accepted_and_float32_stays_the_default() -> None:
 
     assert TrainingConfig().precision == "float32"
     assert TrainingConfig(precision="auto").precision == "auto"
+
+
+@pytest.mark.parametrize("xla,precision,replicas,adapter_drop,expected", [
+    ("auto", "mixed_bfloat16", 1, 0, True),    # where whole runs measured it faster
+    ("auto", "float32", 1, 0, False),
+    ("auto", "mixed_bfloat16", 2, 0, False),   # no XLA across workers
+    ("auto", "mixed_bfloat16", 1, 2, False),   # the prefix cache's batches have a shape per length
+    ("on", "float32", 1, 0, True),
+    ("off", "mixed_bfloat16", 1, 0, False),
+])
+def test_xla_auto_compiles_bfloat16_training_on_one_replica(xla, precision, replicas, adapter_drop, expected) -> None:
+    from types import SimpleNamespace
+
+    from modules.config import TrainingConfig
+
+    config = TrainingConfig(xla=xla, adapter_drop=adapter_drop)
+    assert trainer.resolve_xla(config, precision, SimpleNamespace(num_replicas_in_sync=replicas)) is expected
+
+
+def test_unknown_xla_mode_is_refused_naming_the_flag() -> None:
+    from modules.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="--xla must be one of auto, on, off"):
+        TrainingConfig(xla="yes")

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from modules.serving import model_inputs
-from modules.trainer import EpochEta, WarmupLinearDecay, make_dataset
+from modules.trainer import EpochEta, WarmupLinearDecay, bucket_bounds, make_dataset
 from tiny_bert import write_tiny_bert
 
 MAX_SEQ_LENGTH = 32
@@ -195,6 +195,29 @@ def test_without_bucketing_every_batch_has_the_fixed_length_and_file_order_is_ke
     assert seen == sorted(seen, key=lambda i: (i % 2, i))  # unshuffled: shard 0, then shard 1, in write order
 
 
+def test_bucket_shaped_batches_are_cut_to_their_bucket_bound_for_xla(examples) -> None:
+    # Under XLA a batch's width is the smallest bucket bound that holds its longest example and every batch has
+    # batch_size rows: one shape per bucket, not one per length and partial batch, since XLA compiles each shape.
+    pattern, lengths, labels = examples
+    bounds = bucket_bounds(MAX_SEQ_LENGTH)
+    assert bounds == [16, MAX_SEQ_LENGTH]
+    dataset = make_dataset([pattern], FEATURE_SPEC, batch_size=8, max_seq_length=MAX_SEQ_LENGTH,
+                           shuffle_seed=1, bucketing=True, bucket_shapes=True)
+    seen, shapes = [], set()
+    for features, label, weight in ([{k: v.numpy() for k, v in f.items()}, y.numpy(), w.numpy()] for f, y, w in dataset):
+        shapes.add(features["input_ids"].shape)
+        n = int((weight > 0).sum())  # the real rows come first, the padding rows after them weigh 0
+        np.testing.assert_allclose(weight, [8 / n] * n + [0] * (8 - n))
+        assert (features["attention_mask"][n:] == 0).all() and (label[n:] == 0).all()
+        ids = check_batch({k: v[:n] for k, v in features.items()}, label[:n], lengths, labels)
+        seen += ids
+        width = features["input_ids"].shape[1]
+        assert width == min(b for b in bounds if b >= lengths[ids].max())
+        assert (features["attention_mask"][:, lengths[ids].max():] == 0).all()  # what was kept beyond is padding
+    assert sorted(seen) == list(range(len(lengths)))
+    assert shapes == {(8, bound) for bound in bounds}  # one shape per bucket, the partial batches padded
+
+
 def test_unshuffled_bucketed_dataset_is_the_same_every_time(examples) -> None:
     pattern, lengths, labels = examples
     dataset = make_dataset([pattern], FEATURE_SPEC, batch_size=8, max_seq_length=MAX_SEQ_LENGTH,
@@ -320,6 +343,33 @@ def test_mixed_bfloat16_trains_in_bfloat16_and_exports_the_same_weights_in_float
     bf16_logits, f32_logits = model(features), exported(features)
     assert bf16_logits.dtype == f32_logits.dtype == tf.float32
     np.testing.assert_allclose(bf16_logits.numpy(), f32_logits.numpy(), atol=0.05)
+
+
+def test_xla_training_is_compiled_reproducible_and_leaves_the_backbone_unchanged(tmp_path) -> None:
+    # XLA ignores the seeds of stateful random ops: without the seeded generator, dropout differs run to run.
+    from modules.backbone import weights_fingerprint
+    from modules.trainer import train
+    from modules.config import TrainingConfig
+
+    rng = np.random.default_rng(3)  # one batch shape (XLA compiles each): 8 examples of one bucket, batch 8
+    train_files = write_transformed(str(tmp_path / "train"), rng.integers(5, 17, 8).tolist(), [0, 1] * 4)
+    config = TrainingConfig(task="mrpc", model=write_tiny_bert(tmp_path / "tiny_bert"), batch_size=8, epochs=2,
+                            max_seq_length=MAX_SEQ_LENGTH, bottleneck_size=8, learning_rate=1e-3, xla="on")
+    runs = [train(config, [train_files], [train_files], FEATURE_SPEC, str(tmp_path / f"logs{i}")) for i in range(2)]
+    (model, history), (again, history_again) = runs
+    assert model.jit_compile
+    assert all(np.isfinite(record["loss"]) for record in history) and len(history) == 2
+    assert [r["loss"] for r in history] == [r["loss"] for r in history_again]
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert len(model.get_weights()) == len(build_float32(config).get_weights())  # no generator state in the weights
+    assert weights_fingerprint(model.frozen_variables()) == model.backbone_fingerprint
+
+
+def build_float32(config):
+    from modules.trainer import build_model
+
+    return build_model(config, config.task_description(), precision="float32")
 
 
 def test_unknown_precision_is_refused_naming_the_flag() -> None:
