@@ -1,5 +1,5 @@
-"""Shared test set-up: Keras 2 for transformers, quiet TensorFlow, where the real GLUE data lives, and the one
-tiny MRPC pipeline run the end-to-end modules share."""
+"""Shared test set-up: Keras 2 for transformers, quiet TensorFlow, where the real GLUE data lives, the one tiny
+MRPC pipeline run the end-to-end modules share, and its Kubeflow spec (with the Tuner) executed once."""
 import os
 import types
 
@@ -38,3 +38,12 @@ def tiny_mrpc_run(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNames
     from tiny_mrpc import first_run
 
     return first_run(str(tmp_path_factory.mktemp("tiny_mrpc")))
+
+
+@pytest.fixture(scope="session")
+def tiny_kubeflow_run(tmp_path_factory: pytest.TempPathFactory,
+                      tiny_mrpc_run: types.SimpleNamespace) -> types.SimpleNamespace:
+    """tests/tiny_kubeflow.py's executed spec, made once per session: read it, never change it."""
+    from tiny_kubeflow import executed_tuned_spec
+
+    return executed_tuned_spec(str(tmp_path_factory.mktemp("tiny_kubeflow")), tiny_mrpc_run)

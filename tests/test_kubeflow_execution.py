@@ -1,24 +1,28 @@
 """The compiled Kubeflow spec, executed: every task of `python -m kubeflow.runner`'s output run the way the KFP v2
 launcher runs it in its pod (kubeflow.launcher, a test double: no cluster or container engine here).
 
-One module-scoped fixture (the tiny BERT and 64/32 MRPC rows of tests/tiny_mrpc.py, file:// URIs) whose results
-every test reads:
-  - the spec executed once: every task ran in DAG order and succeeded, the ExampleGen's pre-cache check fed its
-    executor, every downstream input is what the upstream executor wrote, and the pushed model has the
-    signatures and answers of the model a local run (pipeline.run, LocalDagRunner: the session's shared
-    `tiny_mrpc_run`) pushes from the same data, backbone and training flags, and BulkInferrer with the
-    PredictionWriter publish the same test predictions beside it;
-  - a degraded model (learning rate 1e-9, one epoch), compiled the same way and executed second against the same
-    serving directory: its Evaluator compares it with the served model (the first execution's push), and it
-    is neither blessed nor pushed, having failed the constant predictor's floor, and predicts nothing.
-The fixture takes 2 pipeline runs of its own (two executed specs of 12 tasks, each task a fresh Python process)
-and the shared local run: see kubeflow/README.md for its timings. Apart from it, a spec whose GLUE files are
-missing stops at its first task, naming the task, its command and its log.
+Two executions (the tiny BERT and 64/32 MRPC rows of tests/tiny_mrpc.py, file:// URIs) whose results every test
+reads:
+  - the session's shared one (tests/tiny_kubeflow.py, `tiny_kubeflow_run`: the local run's flags with the Tuner,
+    whose search chooses the local run's training settings): every task ran in DAG order and succeeded, the
+    ExampleGen's pre-cache check fed its executor, every downstream input is what the upstream executor wrote,
+    and the pushed model has the signatures and answers of the model a local run (pipeline.run, LocalDagRunner:
+    the session's shared `tiny_mrpc_run`) pushes from the same data, backbone and training settings, and
+    BulkInferrer with the PredictionWriter publish the same test predictions beside it;
+  - a degraded model (learning rate 1e-9, one epoch; no Tuner), compiled the same way and executed second
+    against a copy of the first execution's serving directory: its Evaluator compares it with the served model
+    (the first execution's push), and it is neither blessed nor pushed, having failed the constant predictor's
+    floor, and predicts nothing.
+Each task is a process of its own running the container's command and arguments, forked from one interpreter
+that imported TensorFlow, TFX and Beam once (kubeflow/forkserver.py); the failing-task check below starts a fresh
+interpreter per process, as the launcher does by default. Apart from them, a spec whose GLUE files are missing
+stops at its first task, naming the task, its command and its log.
 """
 import os
 import re
+import shutil
 import types
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -26,43 +30,34 @@ import tensorflow as tf
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
-from kubeflow import launcher, runner
+from kubeflow import launcher
 from test_pipeline_e2e import QUERIES, serialized_examples
-from tiny_mrpc import EVAL_ROWS, TRAINING
+from tiny_kubeflow import compile_spec, served_versions
+from tiny_mrpc import EVAL_ROWS
 
-IMAGE = "adapter-bert-tfx:test"  # never pulled: the launcher double runs the commands in this virtualenv
 DEGRADED = ["--learning_rate", "1e-9", "--epochs", "1"]  # after TRAINING: argparse keeps the last value
 
 
-def compile_spec(path: str, root: str, data_dir: str, serving_dir: str, model_dir: str, *extra: str) -> str:
-    runner.main(["--image", IMAGE, "--pipeline_root", f"file://{root}", "--data_dir", f"file://{data_dir}",
-                 "--serving_dir", f"file://{serving_dir}", "--model", model_dir, "--output", path, *TRAINING, *extra])
-    return path
-
-
-def served_versions(serving_dir: str) -> List[str]:
-    task_dir = os.path.join(serving_dir, "mrpc")
-    return sorted(os.listdir(task_dir)) if os.path.isdir(task_dir) else []
-
-
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory, tiny_mrpc_run: types.SimpleNamespace) -> types.SimpleNamespace:
+def executed(tmp_path_factory: pytest.TempPathFactory, tiny_mrpc_run: types.SimpleNamespace,
+             tiny_kubeflow_run: types.SimpleNamespace) -> types.SimpleNamespace:
+    """The shared execution ("first") and the degraded one, which serves from a copy of the first's serving
+    directory (and writes test predictions beside it), so the shared execution stays as it was."""
+    first = tiny_kubeflow_run
     root = tmp_path_factory.mktemp("kubeflow_execution")
-    # The local run's backbone (initializer_range 0.2: outputs that depend on the input, so equal answers mean
-    # equal models) and data; its training flags are TRAINING.
-    model_dir, data_dir = tiny_mrpc_run.model_dir, tiny_mrpc_run.data_dir
     serving_dir = str(root / "serving")
-    spec = compile_spec(str(root / "spec.json"), str(root / "kfp"), data_dir, serving_dir, model_dir)
-    first = launcher.run(spec, run_id="first")
-    versions_after_first = served_versions(serving_dir)
-
-    degraded_spec = compile_spec(str(root / "degraded.json"), str(root / "kfp"), data_dir, serving_dir, model_dir,
-                                 *DEGRADED)
-    degraded = launcher.run(degraded_spec, run_id="degraded")
+    shutil.copytree(first.serving_dir, serving_dir)
+    shutil.copytree(os.path.join(first.root, "predictions"), str(root / "predictions"))
+    # The local run's backbone (initializer_range 0.2: outputs that depend on the input, so equal answers mean
+    # equal models) and data.
+    degraded_spec = compile_spec(str(root / "degraded.json"), str(root / "kfp"), tiny_mrpc_run.data_dir, serving_dir,
+                                 tiny_mrpc_run.model_dir, *DEGRADED)
+    degraded = launcher.run(degraded_spec, run_id="degraded", warm=True)
     return types.SimpleNamespace(
-        spec=launcher.load_spec(spec)[0], first=first, degraded=degraded, root=str(root), serving_dir=serving_dir,
-        versions_after_first=versions_after_first, versions_after_degraded=served_versions(serving_dir),
-        local_pushed=tiny_mrpc_run.pushed, local_predictions=tiny_mrpc_run.predictions,
+        spec=first.spec, first=first.run, degraded=degraded, first_root=first.root, root=str(root),
+        first_serving_dir=first.serving_dir, serving_dir=serving_dir, versions_after_first=first.versions,
+        versions_after_degraded=served_versions(serving_dir), local_pushed=tiny_mrpc_run.pushed,
+        local_predictions=tiny_mrpc_run.predictions,
     )
 
 
@@ -81,7 +76,7 @@ def metadata(artifact) -> Dict:
 def test_every_task_ran_in_dag_order_and_succeeded(executed: types.SimpleNamespace) -> None:
     tasks = executed.spec.root.dag.tasks
     names = [t.name for t in executed.first.tasks]
-    assert sorted(names) == sorted(tasks) and "Pusher" in names and "Trainer" in names
+    assert sorted(names) == sorted(tasks) and {"Tuner", "Trainer", "Pusher"} <= set(names)
     for position, name in enumerate(names):
         upstream = set(tasks[name].dependent_tasks)
         assert upstream <= set(names[:position]), f"{name} ran before {upstream - set(names[:position])}"
@@ -91,7 +86,7 @@ def test_every_task_ran_in_dag_order_and_succeeded(executed: types.SimpleNamespa
         assert set(run.executor_output.artifacts) == set(outputs), name
         for key, artifacts in run.executor_output.artifacts.items():
             (artifact,) = artifacts.artifacts
-            assert artifact.uri == os.path.join(executed.root, "kfp", "adapter-bert-glue-mrpc", "first", name, key)
+            assert artifact.uri == os.path.join(executed.first_root, "kfp", "adapter-bert-glue-mrpc", "first", name, key)
             assert os.path.isdir(artifact.uri)
 
 
@@ -142,7 +137,7 @@ def test_pushed_model_has_the_local_runs_signatures_and_answers(executed: types.
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops of the Transform graph)
 
     pushed = pushed_destination(executed.first)
-    assert pushed == f"file://{executed.serving_dir}/mrpc/{executed.versions_after_first[0]}"
+    assert pushed == f"file://{executed.first_serving_dir}/mrpc/{executed.versions_after_first[0]}"
     assert len(executed.versions_after_first) == 1
     kubeflow_model = tf.saved_model.load(pushed[len("file://"):])
     local_model = tf.saved_model.load(executed.local_pushed)
@@ -165,7 +160,7 @@ def test_test_predictions_are_published_beside_the_pushed_version_as_the_local_r
         executed: types.SimpleNamespace) -> None:
     published = metadata(executed.first.output("PredictionWriter", "predictions"))["published_to"]
     version = executed.versions_after_first[0]
-    assert published == f"file://{executed.root}/predictions/mrpc/{version}"
+    assert published == f"file://{executed.first_root}/predictions/mrpc/{version}"
     with open(os.path.join(published[len("file://"):], "MRPC.tsv")) as kubeflow, \
             open(os.path.join(executed.local_predictions, "MRPC.tsv")) as local:
         assert kubeflow.read() == local.read()
@@ -179,7 +174,9 @@ def test_second_execution_compares_with_the_served_model(executed: types.SimpleN
 
     from modules.metrics import overall_metrics
 
-    served = pushed_destination(executed.first)
+    # The first execution's push, in the copy of its serving directory the degraded execution serves from.
+    served = f"file://{executed.serving_dir}/mrpc/{executed.versions_after_first[0]}"
+    assert pushed_destination(executed.first).endswith(f"/mrpc/{executed.versions_after_first[0]}")
     blessing = metadata(executed.degraded.output("Evaluator_eval", "blessing"))
     assert blessing["served_baseline"] == served
     assert blessing["baseline_model"] == served

@@ -7,8 +7,9 @@ Then one module-scoped tuned pipeline run on tiny MRPC (tests/tiny_mrpc.py data,
   B. the same command again: the Tuner resumes the search from the trials A finished and the pipeline completes;
      the Trainer trains on all of train with the chosen settings, which reach adapter_config.json and the
      summary.
-Kubeflow: the same flags compile into a spec with the Tuner task feeding the Trainer, and kubeflow.launcher
-executes every task of it (its own search, a 1 x 1 x 2 grid; about 2.5 min on an idle 2-core machine, 5 loaded).
+Kubeflow: the session's shared executed spec with the Tuner (tests/tiny_kubeflow.py, which test_kubeflow_execution
+reads too) has the Tuner task feeding the Trainer, and kubeflow.launcher executed every task of it (a one-setting
+grid whose choice the Trainer used over its own --epochs flag).
 """
 import glob
 import json
@@ -334,61 +335,42 @@ def test_chosen_settings_reach_the_trainer_adapter_config_and_summary(tuned) -> 
 
 # -------------------------------------------------------------------------------------------------- Kubeflow
 
-@pytest.fixture(scope="module")
-def kubeflow_spec(tmp_path_factory: pytest.TempPathFactory, inputs: types.SimpleNamespace) -> str:
-    """The spec kubeflow.runner compiles with --tune (a 1 x 1 x 2 grid), for file:// roots on this machine."""
-    from kubeflow import runner
+def test_compiled_spec_has_the_tuner_task_feeding_the_trainer(tiny_kubeflow_run) -> None:
+    from google.protobuf import json_format
 
-    root = tmp_path_factory.mktemp("tuner_kubeflow")
-    spec = str(root / "spec.json")
-    runner.main(["--image", "adapter-bert-tfx:test", "--pipeline_root", f"file://{root}/kfp",
-                 "--data_dir", f"file://{inputs.data_dir}", "--serving_dir", f"file://{root}/serving",
-                 "--model", inputs.model_dir, "--output", spec, *TRAINING, *TUNE, "--tune_learning_rates", "0.01"])
-    return spec
-
-
-@pytest.fixture(scope="module")
-def kubeflow_executed(kubeflow_spec: str):
-    """Every task of the spec executed by kubeflow.launcher."""
-    from kubeflow import launcher
-
-    start = time.time()
-    executed = launcher.run(kubeflow_spec, run_id="tuned")
-    print(f"\nKubeflow spec with the Tuner executed in {time.time() - start:.0f} s")
-    return executed
-
-
-def test_compiled_spec_has_the_tuner_task_feeding_the_trainer(kubeflow_spec: str) -> None:
-    from kubeflow import launcher
-
-    spec = launcher.load_spec(kubeflow_spec)[0]
-    tasks = spec.root.dag.tasks
+    tasks = tiny_kubeflow_run.spec.root.dag.tasks
     trainer_inputs = tasks["Trainer"].inputs.artifacts
     assert trainer_inputs["hyperparameters"].task_output_artifact.producer_task == "Tuner"
     assert trainer_inputs["hyperparameters"].task_output_artifact.output_artifact_key == "best_hyperparameters"
-    from google.protobuf import json_format
-
-    label = spec.components[tasks["Tuner"].component_ref.name].executor_label
-    executor = json_format.MessageToDict(spec.deployment_spec)["executors"][label]
+    label = tiny_kubeflow_run.spec.components[tasks["Tuner"].component_ref.name].executor_label
+    executor = json_format.MessageToDict(tiny_kubeflow_run.spec.deployment_spec)["executors"][label]
     assert "components.tuner.Executor" in json.dumps(executor)
 
 
-def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(kubeflow_executed) -> None:
+def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(tiny_kubeflow_run) -> None:
+    """The session's executed --tune spec (tests/tiny_kubeflow.py): a one-setting search (TRAINING's, 10 epochs)
+    where the Trainer's own flag says TRAINER_EPOCHS."""
     from google.protobuf import json_format
 
-    run = kubeflow_executed
+    from tiny_kubeflow import TRAINER_EPOCHS
+
+    run = tiny_kubeflow_run.run
     order = [task.name for task in run.tasks]
     assert order.index("Transform") < order.index("Tuner") < order.index("Trainer")
     results = run.output("Tuner", "tuner_results")
     summary = json_format.MessageToDict(results.metadata)["summary"]
-    assert summary.startswith("chosen: learning rate 0.01, bottleneck 16, ") and "2 trials" in summary
+    assert summary.startswith("chosen: learning rate 0.01, bottleneck 16, 10 epochs; ") and "1 trials" in summary
     trials = _json(results.uri, "trials.json")
-    assert sorted(r["settings"]["epochs"] for r in trials) == [2, 4]
+    assert [r["settings"] for r in trials] == [{"learning_rate": 0.01, "bottleneck_size": 16, "epochs": 10}]
     best = _json(run.output("Tuner", "best_hyperparameters").uri, "best_hyperparameters.txt")
     (config_path,) = glob.glob(os.path.join(run.output("Trainer", "model").uri, "**", "adapter_config.json"),
                                recursive=True)
     config = _json(os.path.dirname(config_path), "adapter_config.json")
-    assert config["training"]["epochs"] == best["values"]["epochs"] and config["tuning"]["trials"] == 2
+    trainer_flags = tiny_kubeflow_run.spec.root.dag.tasks["Trainer"].inputs.parameters["custom_config"]
+    assert json.loads(trainer_flags.runtime_value.constant.string_value)["epochs"] == TRAINER_EPOCHS
+    assert config["training"]["epochs"] == best["values"]["epochs"] != TRAINER_EPOCHS
+    assert config["training"]["learning_rate"] == best["values"]["learning_rate"]
+    assert config["tuning"]["trials"] == 1
 
 
 # ------------------------------------------------------------------------- the strategies, without training
