@@ -1,25 +1,25 @@
 """Bring your own data, end to end: two user datasets described by task spec files, each through the whole
-local pipeline (`pipeline.run.main --task_spec`, as the CLI runs it) with a tiny random BERT:
+local pipeline (`python -m pipeline.run --task_spec`, as a user runs it) with a tiny random BERT:
   - "intents": 4 classes, JSON Lines, one text, string labels, macro-F1 deciding blessing;
   - "pairs": a sentence-pair task in CSV whose quoted fields hold tabs, commas, doubled quotes and line
     breaks, numeric labels, F1 of the class 1.
 Each also has an unlabelled test file (ids out of order in JSON Lines; CSV rows without an id column, whose row
 numbers are their ids), whose predictions the pipeline publishes in the input's own format.
-One module-scoped run per dataset (64 train / 32 eval rows, 10 epochs of a few steps; about 1-2 minutes
-each on 2 shared cores) that every test reads. Every text carries its own ticket number, so no eval example
+One run per dataset (64 train / 32 eval rows, 10 epochs of a few steps), both started together by one
+module-scoped fixture that every test reads. Every text carries its own ticket number, so no eval example
 repeats a training one (the TrainabilityGate refuses leaked eval sets), and the label is learnable from a
-keyword, so the model beats the constant predictor (the release gate). every component completed, the Evaluator reports the spec's metrics, the model
-is pushed to <serving_dir>/<name>/<version>/, the examples hold the texts byte for byte, and the pushed
-model's signatures return label names with the class ids.
+keyword, so the model beats the constant predictor (the release gate). Every component completed, the Evaluator
+reports the spec's metrics, the model is pushed to <serving_dir>/<name>/<version>/, the examples hold the texts
+byte for byte, and the pushed model's signatures return label names with the class ids.
 """
-import contextlib
 import csv
-import io
 import json
 import os
 import random
+import subprocess
+import sys
 import types
-from typing import Any, List
+from typing import Any, Dict, List
 
 import numpy as np
 import pytest
@@ -28,6 +28,8 @@ import yaml
 
 from tiny_bert import write_tiny_bert
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_TIMEOUT = 3600  # a hung run still ends; two side by side on an overloaded 2-core machine passed 15 min
 TRAIN_ROWS, EVAL_ROWS, TEST_ROWS = 64, 32, 12
 INTENT_WORDS = {
     "billing": ["invoice", "refund", "charge", "payment"],
@@ -94,23 +96,32 @@ def pairs_dataset(directory: str) -> str:
     return path
 
 
-def run_pipeline(root, spec_path: str, model_dir: str) -> types.SimpleNamespace:
+def start_pipeline(root, spec_path: str, model_dir: str) -> subprocess.Popen:
+    """`python -m pipeline.run --task_spec spec_path ...` in a new process: its summary (stdout) in
+    <root>/summary.txt, the rest of its console in <root>/console.log."""
+    argv = ["--task_spec", spec_path, "--model", model_dir, "--output_dir", str(root / "out"),
+            "--serving_dir", str(root / "serving"), "--metadata_path", str(root / "metadata.sqlite"), "--epochs", "10",
+            "--learning_rate", "0.01", "--batch_size", "16", "--max_seq_length", "32", "--bottleneck_size", "16",
+            "--no_baseline"]
+    with open(root / "summary.txt", "w") as summary, open(root / "console.log", "w") as console:
+        return subprocess.Popen([sys.executable, "-m", "pipeline.run", *argv], cwd=REPO_ROOT, stdout=summary,
+                                stderr=console)
+
+
+def finished_run(root, spec_path: str, process: subprocess.Popen) -> types.SimpleNamespace:
     from modules.glue import load_task_spec
-    from pipeline import run
     from pipeline.configs import PIPELINE_NAME
     from pipeline.pipeline import pipeline_name_for
     from pipeline.runs import pipeline_runs
 
+    process.wait(RUN_TIMEOUT)
+    with open(root / "console.log") as console:
+        assert process.returncode == 0, console.read()[-5000:]
+    with open(root / "summary.txt") as summary:
+        printed = summary.read()
     task = load_task_spec(spec_path)
-    metadata_path, serving_dir = str(root / "metadata.sqlite"), str(root / "serving")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        run.main(["--task_spec", spec_path, "--model", model_dir, "--output_dir", str(root / "out"),
-                  "--serving_dir", serving_dir, "--metadata_path", metadata_path, "--epochs", "10",
-                  "--learning_rate", "0.01", "--batch_size", "16", "--max_seq_length", "32", "--bottleneck_size", "16",
-                  "--no_baseline"])
-    (last,) = pipeline_runs(metadata_path, pipeline_name_for(task.name, PIPELINE_NAME))
-    return types.SimpleNamespace(task=task, run=last, summary=out.getvalue(), serving_dir=serving_dir,
+    (last,) = pipeline_runs(str(root / "metadata.sqlite"), pipeline_name_for(task.name, PIPELINE_NAME))
+    return types.SimpleNamespace(task=task, run=last, summary=printed, serving_dir=str(root / "serving"),
                                  spec_path=spec_path)
 
 
@@ -120,15 +131,29 @@ def model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def intents(tmp_path_factory, model_dir) -> types.SimpleNamespace:
-    root = tmp_path_factory.mktemp("intents")
-    return run_pipeline(root, intents_dataset(str(root)), model_dir)
+def runs(tmp_path_factory, model_dir) -> Dict[str, types.SimpleNamespace]:
+    """Both datasets' runs, started together (two independent processes share the two cores better than one
+    after the other)."""
+    roots = {name: tmp_path_factory.mktemp(name) for name in ("intents", "pairs")}
+    specs = {"intents": intents_dataset(str(roots["intents"])), "pairs": pairs_dataset(str(roots["pairs"]))}
+    processes = {name: start_pipeline(roots[name], specs[name], model_dir) for name in roots}
+    try:
+        return {name: finished_run(roots[name], specs[name], processes[name]) for name in roots}
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory, model_dir) -> types.SimpleNamespace:
-    root = tmp_path_factory.mktemp("pairs")
-    return run_pipeline(root, pairs_dataset(str(root)), model_dir)
+def intents(runs) -> types.SimpleNamespace:
+    return runs["intents"]
+
+
+@pytest.fixture(scope="module")
+def pairs(runs) -> types.SimpleNamespace:
+    return runs["pairs"]
 
 
 @pytest.fixture(params=["intents", "pairs"])
