@@ -70,7 +70,7 @@ def main() -> None:
         dataset = trainer.make_dataset([records], spec, BATCH, SEQ, shuffle_seed=config.seed, bucketing=True,
                                        bucket_shapes=xla)
         steps = sum(1 for _ in dataset)
-        shapes[name] = len({tuple(x["input_ids"].shape) for x, _ in dataset})
+        shapes[name] = len({tuple(batch[0]["input_ids"].shape) for batch in dataset})
         datasets[name] = dataset.apply(tf.data.experimental.assert_cardinality(steps))
         models[name] = trainer.build_model(config, task, precision)
         trainer.compile_model(models[name], config, task, total_steps=steps * args.epochs, jit_compile=xla)
