@@ -118,19 +118,19 @@ def make_dataset(
         dataset = dataset.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i})
     if shuffle_seed is not None:
         dataset = dataset.shuffle(20_000, seed=shuffle_seed, reshuffle_each_iteration=True)
-    boundaries = bucket_bounds(max_seq_length)[:-1]
+    bounds = bucket_bounds(max_seq_length)
     if bucketing:
         dataset = dataset.bucket_by_sequence_length(
             lambda features: tf.cast(features[LENGTH_FEATURE], tf.int32),
-            bucket_boundaries=[b + 1 for b in boundaries],
-            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+            bucket_boundaries=[b + 1 for b in bounds[:-1]],
+            bucket_batch_sizes=[batch_size] * len(bounds),
         )
     else:
         dataset = dataset.batch(batch_size)
 
-    def split(features: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
+    def split(features: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, ...]:
         if bucketing and bucket_shapes:
-            inputs = bucket_inputs(features, bucket_bounds(max_seq_length))
+            inputs = bucket_inputs(features, bounds)
         elif bucketing:
             inputs = model_inputs(features)
         else:
@@ -377,7 +377,7 @@ def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str]
     policy fixes each layer's compute dtype when the layer is created, so it is set around the construction only.
 
     `xla`: for a train step XLA compiles. XLA ignores the seeds of TensorFlow's stateful random ops (dropout's
-    masks would differ from run to run), so the layers are created drawing from tf.random.Generator, seeded by
+    masks would not follow the seed), so the layers are created drawing from tf.random.Generator, seeded by
     keras.utils.set_random_seed, which XLA runs deterministically. Without XLA the layers keep the stateful ops:
     the float32 runs' dropout masks, and so their results, stay what they were.
     """
