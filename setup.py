@@ -19,5 +19,5 @@ setup(
         "safetensors",
         "tensorflow-serving-api==2.16.1",
     ],
-    extras_require={"dev": ["pytest", "scikit-learn", "scipy", "matplotlib"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "scikit-learn", "scipy", "matplotlib"]},
 )

@@ -20,6 +20,36 @@ def glue_dir_or_skip(task_directory: str) -> str:
     return GLUE_DIR
 
 
+# The modules that read the session's shared pipeline runs (the fixtures below). pytest.ini runs the suite on two
+# pytest-xdist workers; these modules run on one of them, so each shared run is made once per session.
+SHARED_RUNS = {"tiny_mrpc_run", "tiny_kubeflow_run"}
+SHARED_RUN_MODULES = {"tests/test_kubeflow_execution.py", "tests/test_pipeline_e2e.py", "tests/test_reliability.py",
+                      "tests/test_tuner.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> "xdist.scheduler.LoadScopeScheduling":
+    """Whole modules to a worker (module-scoped fixtures are made once), SHARED_RUN_MODULES together; the largest
+    group starts first. (xdist's own `--dist loadgroup` marks do not reach its scheduler under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndSharedRuns(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "shared pipeline runs" if module in SHARED_RUN_MODULES else module
+
+    return ModulesAndSharedRuns(config, log)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """A test that reads a shared run from a module not in SHARED_RUN_MODULES would make that run a second time on
+    the other worker: stop at collection and say what to add."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if SHARED_RUNS & set(item.fixturenames) and module not in SHARED_RUN_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} reads a shared pipeline run: add {module!r} to "
+                                    "SHARED_RUN_MODULES in tests/conftest.py")
+
+
 def ancestors(pipeline, node_id: str) -> set:
     """The ids of every node upstream of node_id in a TFX pipeline, transitively."""
     nodes = {component.id: component for component in pipeline.components}
