@@ -90,12 +90,20 @@ BENIGN_WARNINGS = (
 )
 # Lines that TensorFlow's C++ runtime writes to file descriptor 2 itself, not through Python's logging:
 #  - at import, the TF 2.16 wheel registers its CUDA plugins twice, with or without a GPU (the first one is used);
-#  - oneDNN (the CPU kernels) has no int64 kernels here and says that the default kernels run them, as always.
+#  - oneDNN (the CPU kernels) has no int64 kernels here and says that the default kernels run them, as always;
+#  - XLA (the train step with --xla, the default with bfloat16) announces its CPU service and first compilation
+#    (after absl's notice that it logs to stderr), and says it drops the backbone's check that token ids are below
+#    the vocabulary size: the ids come from the backbone's own tokenizer, so they always are.
 CPP_BENIGN_LINES = re.compile(
     rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin cu\w+ when one has "
     rb"already been registered"
     rb"|oneDNN supports DT_INT64 only on platforms with AVX-512\. Falling back to the default Eigen-based "
-    rb"implementation if present\.")
+    rb"implementation if present\."
+    rb"|^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    rb"|\] XLA service 0x[0-9a-f]+ initialized for platform Host \(this does not guarantee that XLA will be used\)"
+    rb"|\]   StreamExecutor device \(0\): Host, Default Version$"
+    rb"|\] Compiled cluster using XLA!  This line is logged at most once for the lifetime of the process\.$"
+    rb"|\] Ignoring Assert operator \S*bert/embeddings/assert_less/Assert/Assert$")
 # The child process that passes file descriptor 2 on: argv[1] is the pattern of the lines to leave out.
 FORWARDER = """
 import re, sys

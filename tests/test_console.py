@@ -106,14 +106,24 @@ CUDA_LINE = ("2026-12-02 05:57:34.430312: E external/local_xla/xla/stream_execut
 ONEDNN_LINE = ("2026-12-02 06:06:53.917522: E tensorflow/core/util/util.cc:131] oneDNN supports DT_INT64 only on "
                "platforms with AVX-512. Falling back to the default Eigen-based implementation if present.\n")
 REAL_LINE = "2026-12-02 05:57:35.000000: E tensorflow/core/util/util.cc:131] a real C++ error\n"
+XLA_LINES = (  # a bfloat16 + XLA training's, from a real MRPC run
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796545188.874030   17820 service.cc:145] XLA service 0x7fb58c04bd00 initialized for platform Host "
+    "(this does not guarantee that XLA will be used). Devices:\n"
+    "I0000 00:00:1796545188.874169   17820 service.cc:153]   StreamExecutor device (0): Host, Default Version\n"
+    "W0000 00:00:1796545190.679626   17820 assert_op.cc:38] Ignoring Assert operator "
+    "adapter_bert_classifier/bert/embeddings/assert_less/Assert/Assert\n"
+    "I0000 00:00:1796545211.325373   17820 device_compiler.h:188] Compiled cluster using XLA!  This line is logged at "
+    "most once for the lifetime of the process.\n")
+OTHER_ASSERT = "W0000 00:00:1796545190.679626   17820 assert_op.cc:38] Ignoring Assert operator model/other/Assert\n"
 
 
 def test_stderr_filter_drops_only_the_known_cpp_lines(capfd: pytest.CaptureFixture) -> None:
     stderr_filter = console.StderrFilter(console.CPP_BENIGN_LINES)
-    os.write(2, ("before\n" + CUDA_LINE + REAL_LINE + ONEDNN_LINE + "after").encode())  # no newline at the end
-    stderr_filter.close()
+    os.write(2, ("before\n" + CUDA_LINE + REAL_LINE + XLA_LINES + OTHER_ASSERT + ONEDNN_LINE + "after").encode())
+    stderr_filter.close()  # ^ no newline at the end
     os.write(2, ("\n" + CUDA_LINE).encode())  # after close: everything
-    assert capfd.readouterr().err == "before\n" + REAL_LINE + "after\n" + CUDA_LINE
+    assert capfd.readouterr().err == "before\n" + REAL_LINE + OTHER_ASSERT + "after\n" + CUDA_LINE
 
 
 def test_stderr_filter_passes_everything_on_when_the_process_crashes() -> None:
