@@ -7,7 +7,8 @@ Parts, each run as its own child process (TensorFlow state stays apart; its log 
                     mixed_bfloat16 + XLA, and full fine-tuning; batch 32 x 128, Keras fit (AdapterHub float32 and
                     bf16 autocast, each also under torch.compile, interleaved when --adapterhub_venv is given); each
                     also in GFLOP/s and as a share of the float32 and bfloat16 matmul rate at the model's shapes
-  serving_latency   predict_text latency at batch 1 and ex/s at batch 32: adapters, AdapterDrop K = 3, no adapters
+  serving_latency   predict_text latency at batch 1 and ex/s at batch 32: adapters, AdapterDrop K = 3, no adapters,
+                    the export options XLA and bfloat16 (AdapterHub beside them when --adapterhub_venv is given)
   bundle_latency    one input answered for every task of a 3- and 5-task bundle: all_tasks vs one call per task
   mrpc_training     a whole MRPC training through the pipeline (10 epochs; AdapterHub beside it when its venv is
                     given); needs the GLUE MRPC files
@@ -74,6 +75,8 @@ def arguments(name: str, quick: bool, hub: str, scratch: str) -> List[str]:
     args = list(PARTS[name].quick if quick else PARTS[name].full)
     if name == "train_throughput" and hub:
         args += ["--adapterhub", hub]
+    if name == "serving_latency" and hub:
+        args += ["--adapterhub", hub, "--hub-threads", "0", "1"]
     if name == "mrpc_training":
         args += ["--output_dir", os.path.join("outputs", "bench", "mrpc_training")]  # the child runs in REPO_ROOT
         if not hub:
@@ -154,7 +157,10 @@ def rows_of(name: str, r: Dict[str, Any]) -> List[List[str]]:
                        if "matmul limit" in target]
     if name == "serving_latency":
         latency, rate = r["batch1_latency"], r["batch32_examples_per_second"]
-        labels = {"adapter": "adapters", "adapter_k3": "adapters, AdapterDrop K = 3", "plain": "no adapters"}
+        labels = {"adapter": "adapters", "adapter_k3": "adapters, AdapterDrop K = 3", "plain": "no adapters",
+                  "adapter_xla": "adapters, export option XLA", "adapter_bf16_xla": "adapters, export options bf16 + XLA",
+                  "adapterhub": "AdapterHub, float32", "adapterhub_threads1": "AdapterHub, float32, 1 thread",
+                  "adapterhub_bf16_threads1": "AdapterHub, bf16 autocast, 1 thread"}
         labels = {key: label for key, label in labels.items() if key in latency}
         return ([[f"predict_text batch 1, median / p95 ms: {label}",
                   f"{f1(latency[key]['median_ms'])} / {f1(latency[key]['p95_ms'])}"] for key, label in labels.items()]
@@ -189,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--only", nargs="+", default=[], choices=list(PARTS), metavar="NAME", help="run only these parts")
     parser.add_argument("--adapterhub_venv", metavar="PATH",
                         help="a venv with PyTorch and AdapterHub's `adapters` (docs/adapterhub.md): AdapterHub is "
-                             "measured beside the project in train_throughput and mrpc_training")
+                             "measured beside the project in train_throughput, serving_latency and mrpc_training")
     parser.add_argument("--out", metavar="FILE", help="the results file (default bench/results/<date>-<cpu kind>.json; "
                                                       "with --quick outputs/bench/<date>-<cpu kind>-quick.json)")
     args = parser.parse_args(argv)

@@ -9,6 +9,17 @@
 Outputs are "probabilities" [batch, num_labels], "label" [batch] (class id) and "label_name" [batch] (the
 task's label value, e.g. "entailment") for classification, "score" [batch] for regression.
 
+Two export options make serving faster where the serving side allows them (`ServingModel`; neither changes a
+signature's name, inputs or outputs; bench/serving_latency.py measures them against AdapterHub):
+  xla_length_bounds  the model part (not the Transform graph: its string ops cannot be XLA-compiled) in a
+                     function with jit_compile, its inputs padded to these length bounds and the batch to a power
+                     of two, so XLA compiles few shapes. Same answers as float32 without it (within 1e-5). TF
+                     Serving runs it only with `--xla_cpu_compilation_enabled=true` (its XLA:CPU JIT is off by
+                     default and such a model then fails its first request), so it is not the default.
+  bfloat16           the model's weights stored and computed in bfloat16 (the classifier in float32): fast on CPUs
+                     with native bfloat16 (AVX512_BF16, AMX), slow where it is emulated; probabilities within
+                     1e-2 of float32 (bench/serving_latency.py reports the largest difference).
+
 A module of its own so that both users of the contract import it rather than each other: the Trainer, which
 exports it (modules/trainer.py), and a bundle, which reads the adapters directory and whose task signatures
 give the same outputs (modules/bundle.py).
@@ -17,22 +28,26 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf
 import tensorflow_transform as tft
+import tf_keras as keras
 from absl import logging
 
+from modules import backbone
 from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
 from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE
 from modules.model import INPUT_NAMES, AdapterBertClassifier, Untracked
-from modules.preprocessing import LENGTH as LENGTH_FEATURE
+from modules.preprocessing import INPUT_IDS, LENGTH as LENGTH_FEATURE
 
 TEXT_SIGNATURE = "predict_text"
 BULK_SIGNATURE = "bulk_inference"
 ADAPTERS_SUBDIR = "adapters"  # where run_fn writes adapter-only weights inside a Model artifact
+# The batch sizes an XLA-compiled model is padded to (a larger batch keeps its own size).
+XLA_BATCH_BOUNDS = tuple(2 ** i for i in range(11))
 
 
 def model_inputs(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -40,6 +55,59 @@ def model_inputs(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     so the outputs are the same, computed on fewer tokens (most GLUE sentences are far shorter than 128)."""
     length = tf.maximum(tf.reduce_max(features[LENGTH_FEATURE]), 1)
     return {name: features[name][:, :length] for name in INPUT_NAMES}
+
+
+def _smallest_bound(value: tf.Tensor, bounds: Sequence[int]) -> tf.Tensor:
+    """The smallest of `bounds` (ascending) that is >= value; value itself if it exceeds them all."""
+    bounds_tensor = tf.constant(bounds, dtype=value.dtype)
+    index = tf.minimum(tf.reduce_sum(tf.cast(bounds_tensor < value, tf.int32)), len(bounds) - 1)
+    return tf.maximum(value, tf.gather(bounds_tensor, index))
+
+
+def padded_inputs(features: Dict[str, tf.Tensor], length_bounds: Sequence[int]) -> Dict[str, tf.Tensor]:
+    """The model's inputs cut to the smallest length bound that holds the batch's longest example, and the batch
+    padded with fully masked rows to a power of two: an XLA-compiled model then sees len(length_bounds) x
+    log2(batch) shapes, not one per request (each new shape is compiled, about a second for MiniLM). The features
+    must be padded to at least the last bound (the Transform output is padded to max_seq_length)."""
+    length = _smallest_bound(tf.maximum(tf.reduce_max(features[LENGTH_FEATURE]), 1), length_bounds)
+    rows = tf.shape(features[INPUT_IDS], out_type=tf.int64)[0]
+    padding = _smallest_bound(rows, XLA_BATCH_BOUNDS) - rows
+    return {name: tf.pad(features[name][:, :length], [[0, padding], [0, 0]]) for name in INPUT_NAMES}
+
+
+def bfloat16_copy(model: AdapterBertClassifier) -> AdapterBertClassifier:
+    """The same weights in a model that stores and computes them in bfloat16 (its classifier stays float32).
+    Stored, not cast per call: the mixed_bfloat16 policy casts every float32 weight at each call, which cost more
+    than bfloat16 saved at batch 1 (bench/studies/serving_profile.py)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("bfloat16")  # a layer's dtype is fixed when it is created
+    try:
+        copy = AdapterBertClassifier(backbone.build_backbone(model.bert.config), model.num_labels,
+                                     model.adapter_config, full_finetune=model.full_finetune)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+class ServingModel:
+    """The model part of the serving signatures: Transform features -> logits, in float32 as trained, or with the
+    export options of the module docstring. Untracked by tf.Module: a module saves `variables` instead."""
+
+    def __init__(self, model: AdapterBertClassifier, xla_length_bounds: Sequence[int] = (), bfloat16: bool = False):
+        self.model = bfloat16_copy(model) if bfloat16 else model
+        self.xla_length_bounds = tuple(xla_length_bounds)
+        self.variables = self.model.variables
+        self._compiled = tf.function(self._logits, jit_compile=True, autograph=False)
+
+    def _logits(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+        return tf.cast(self.model(inputs, training=False), tf.float32)
+
+    def __call__(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
+        if not self.xla_length_bounds:
+            return self._logits(model_inputs(features))
+        rows = tf.shape(features[INPUT_IDS])[0]
+        return self._compiled(padded_inputs(features, self.xla_length_bounds))[:rows]
 
 
 def numeric_outputs(task: GlueTask) -> Tuple[str, ...]:
@@ -58,12 +126,15 @@ def predict_outputs(task: GlueTask, logits: tf.Tensor) -> Dict[str, tf.Tensor]:
 
 
 class ServingModule(tf.Module):
-    """What is exported: the model, the Transform graph, and the three serving signatures."""
+    """What is exported: the model, the Transform graph, and the three serving signatures. xla_length_bounds and
+    bfloat16: the export options of the module docstring (for the Trainer, its bucket_bounds(max_seq_length))."""
 
-    def __init__(self, model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput, task: GlueTask):
+    def __init__(self, model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput, task: GlueTask,
+                 xla_length_bounds: Sequence[int] = (), bfloat16: bool = False):
         super().__init__()
-        self.model_variables = model.variables  # saved; the Keras model itself is not (modules.model.Untracked)
-        self._py = Untracked(model=model)
+        serving_model = ServingModel(model, xla_length_bounds, bfloat16)
+        self.model_variables = serving_model.variables  # saved; the Keras model is not (modules.model.Untracked)
+        self._py = Untracked(model=serving_model)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.task = task
         self.raw_feature_spec = {  # the text only: clients send no label and no GLUE row index ("idx")
@@ -75,7 +146,7 @@ class ServingModule(tf.Module):
 
     def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         transformed = self.tft_layer(raw_features)
-        return predict_outputs(self.task, self._py.model(model_inputs(transformed), training=False))
+        return predict_outputs(self.task, self._py.model(transformed))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -107,10 +178,11 @@ class ServingModule(tf.Module):
 
 
 def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput,
-                         task: GlueTask, directory: str) -> None:
+                         task: GlueTask, directory: str, xla_length_bounds: Sequence[int] = (),
+                         bfloat16: bool = False) -> None:
     """Writes the serving SavedModel of `model` (see the module docstring) to `directory`."""
     start = time.time()
-    module = ServingModule(model, tf_transform_output, task)
+    module = ServingModule(model, tf_transform_output, task, xla_length_bounds, bfloat16)
     tf.saved_model.save(module, directory, signatures=module.signatures())
     logging.info("SavedModel written to %s in %.0f s", directory, time.time() - start)
 

@@ -227,6 +227,34 @@ def test_signatures_agree_with_the_keras_model_and_each_other(pushed):
     np.testing.assert_allclose(from_examples["probabilities"].numpy(), expected["probabilities"], rtol=1e-6)
 
 
+def test_export_options_keep_the_contract(pushed, tmp_path):
+    """serving.export_serving_model's XLA and bfloat16 options together: the same signatures (names, inputs, outputs)
+    answering like the default export within 1e-2 of the probabilities (bfloat16's tolerance; each option alone:
+    tests/test_serving_xla.py), after a load from disk."""
+    import tensorflow_transform as tft
+
+    from modules import serving
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(pushed["dir"])))
+    task = get_task("mrpc")
+    serving.export_serving_model(pushed["model"], tft.TFTransformOutput(os.path.join(root, "transform_mrpc")), task,
+                                 str(tmp_path / "export"), xla_length_bounds=(16, MAX_SEQ_LENGTH), bfloat16=True)
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    for name, signature in pushed["loaded"].signatures.items():
+        assert loaded.signatures[name].structured_input_signature == signature.structured_input_signature
+        assert sorted(loaded.signatures[name].structured_outputs) == sorted(signature.structured_outputs)
+    s1, s2 = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+    expected, answer = direct(pushed["loaded"], s1, s2), direct(loaded, s1, s2)
+    assert np.abs(answer["probabilities"] - expected["probabilities"]).max() <= 1e-2
+    examples = tf.constant([tf.train.Example(features=tf.train.Features(feature={
+        "sentence1": tf.train.Feature(bytes_list=tf.train.BytesList(value=[a.encode()])),
+        "sentence2": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b.encode()])),
+    })).SerializeToString() for a, b in PAIRS])
+    for name in ("serving_default", "bulk_inference"):
+        probabilities = loaded.signatures[name](examples=examples)["probabilities"].numpy()
+        assert np.abs(probabilities - expected["probabilities"]).max() <= 1e-2
+
+
 @pytest.mark.parametrize("task_name", ["stsb", "sst2"])
 def test_other_task_kinds_round_trip(tmp_path, tiny_bert_dir, task_name):
     """Regression (a single output: TF Serving's REST answer drops its name) and a single-sentence task."""

@@ -1,0 +1,118 @@
+"""The serving export options (modules.serving.ServingModel): the model part XLA-compiled on inputs padded to
+length bounds and a power-of-two batch, and bfloat16 weights. Each must answer like the plain float32 model
+(XLA within 1e-5, bfloat16 within 1e-2 of the probabilities) after a save and a load from disk, and the
+jit_compile attribute must survive the save (TF Serving and the loader compile the function from it).
+
+A tiny random BERT made here (2 layers, hidden 32), so the module runs in a few seconds.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+import transformers
+from tensorflow.core.protobuf import saved_model_pb2
+
+from modules.adapters import AdapterConfig
+from modules.backbone import build_backbone
+from modules.model import INPUT_NAMES, AdapterBertClassifier
+from modules.serving import ServingModel, model_inputs, padded_inputs
+
+MAX_SEQ_LENGTH = 32
+LENGTH_BOUNDS = (16, 32)
+VARIANTS = {"plain": {}, "xla": {"xla_length_bounds": LENGTH_BOUNDS}, "bf16": {"bfloat16": True},
+            "bf16_xla": {"xla_length_bounds": LENGTH_BOUNDS, "bfloat16": True}}
+# The largest |probability difference| from the eager float32 model ("plain": the same graph, other op order).
+TOLERANCE = {"plain": 1e-6, "xla": 1e-5, "bf16": 1e-2, "bf16_xla": 1e-2}
+
+
+def features(lengths, seed: int = 0) -> Dict[str, tf.Tensor]:
+    """Transform-like features: token ids padded to MAX_SEQ_LENGTH, a second segment, and each row's length."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), MAX_SEQ_LENGTH), np.int64)
+    types = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(5, 100, n)
+        types[row, n // 2:n] = 1
+    return {"input_ids": tf.constant(ids), "attention_mask": tf.constant((ids > 0).astype(np.int64)),
+            "token_type_ids": tf.constant(types), "length": tf.constant(lengths, tf.int64)}
+
+
+@pytest.fixture(scope="module")
+def model() -> AdapterBertClassifier:
+    """Adapters and head far from their near-identity initialisation, so both show in the outputs."""
+    keras.utils.set_random_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64, initializer_range=0.2)
+    model = AdapterBertClassifier(build_backbone(config), 3, AdapterConfig(bottleneck_size=8, init_std=0.1))
+    kernel = model.classifier.kernel
+    kernel.assign(tf.random.stateless_normal(kernel.shape, seed=[1, 2], stddev=0.5))
+    return model
+
+
+@pytest.fixture(scope="module")
+def loaded(model, tmp_path_factory) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+    """Each variant saved as a SavedModel signature over Transform features and loaded back from disk."""
+    spec = {name: tf.TensorSpec([None, MAX_SEQ_LENGTH], tf.int64, name=name) for name in INPUT_NAMES}
+    spec["length"] = tf.TensorSpec([None], tf.int64, name="length")
+    signatures, directories = {}, {}
+    for name, options in VARIANTS.items():
+        serving_model = ServingModel(model, **options)
+        module = tf.Module()
+        module.variables_to_save = serving_model.variables
+        module.serve = probabilities_function(serving_model, spec)
+        directories[name] = str(tmp_path_factory.mktemp(name))
+        tf.saved_model.save(module, directories[name], signatures={"serving_default": module.serve.get_concrete_function()})
+        signatures[name] = tf.saved_model.load(directories[name]).signatures["serving_default"]
+    return {"signatures": signatures, "directories": directories}
+
+
+def probabilities_function(serving_model: ServingModel, spec) -> tf.types.experimental.GenericFunction:
+    return tf.function(lambda inputs: {"probabilities": tf.nn.softmax(serving_model(inputs))},
+                       input_signature=[spec], autograph=False)
+
+
+def expected(model, inputs: Dict[str, tf.Tensor]) -> np.ndarray:
+    return tf.nn.softmax(model(model_inputs(inputs), training=False)).numpy()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("lengths", [(7,), (3, 30, 9, 17, 12)], ids=["batch1", "batch5"])
+def test_loaded_variant_answers_like_the_float32_model(model, loaded, variant, lengths) -> None:
+    inputs = features(lengths)
+    probabilities = loaded["signatures"][variant](**inputs)["probabilities"].numpy()
+    reference = expected(model, inputs)
+    assert probabilities.shape == reference.shape
+    assert np.abs(probabilities - reference).max() <= TOLERANCE[variant]
+    assert len(lengths) == 1 or np.abs(reference - reference[0]).max() > 0.05  # rows differ: a mix-up would show
+
+
+def test_jit_compile_survives_the_save(loaded) -> None:
+    def must_compile(name: str) -> bool:
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(loaded["directories"][name], "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        return any(function.attr["_XlaMustCompile"].b for meta_graph in proto.meta_graphs
+                   for function in meta_graph.graph_def.library.function)
+
+    assert {name: must_compile(name) for name in VARIANTS} == {
+        "plain": False, "xla": True, "bf16": False, "bf16_xla": True}
+
+
+def test_bfloat16_copy_stores_bfloat16_weights_and_a_float32_classifier(model) -> None:
+    copy = ServingModel(model, bfloat16=True).model
+    dtypes = {v.name.split("/")[-2] if "classifier" in v.name else "rest": v.dtype for v in copy.variables}
+    assert dtypes == {"classifier": tf.float32, "rest": tf.bfloat16}
+    assert len(copy.variables) == len(model.variables)
+
+
+@pytest.mark.parametrize("lengths,shape", [((7,), (1, 16)), ((5, 11, 20), (4, 32)), ((16, 16), (2, 16)),
+                                            ((17,) * 9, (16, 32))])
+def test_padded_inputs_take_the_smallest_bounds(lengths, shape) -> None:
+    inputs = padded_inputs(features(lengths), LENGTH_BOUNDS)
+    assert {name: tuple(value.shape) for name, value in inputs.items()} == {name: shape for name in INPUT_NAMES}
+    assert int(tf.reduce_sum(inputs["attention_mask"][len(lengths):])) == 0  # the added rows are masked out
