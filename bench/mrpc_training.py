@@ -1,13 +1,15 @@
 """A whole MRPC training, all epochs, wall time: the project's Trainer against AdapterHub, one after the other.
 
-    python -m bench.mrpc_training [--epochs 10] [--drops 0] [--no-full] [--no-adapterhub]
+    python -m bench.mrpc_training [--epochs 10] [--drops 0] [--precisions float32 bf16] [--no-full] [--no-adapterhub]
 
 What a user waits for: a whole MRPC training (not a steady-state slice), each library at its best settings for the
 same AdapterDrop K. Variants, each one real training run, run in turn on the same machine:
-  project K=k      `python -m pipeline.run --task mrpc --epochs N --seed S [--adapter_drop k]` (bench.glue_accuracy's
-                   run_pipeline; length-bucketed batches, K > 0 with the cached frozen prefix, every core);
-                   "Trainer s" is the Trainer component's wall time from ML Metadata (backbone load, counting the
-                   data, every epoch and its dev evaluation, SavedModel export)
+  project K=k      `python -m pipeline.run --task mrpc --epochs N --seed S --precision float32 [--adapter_drop k]`
+                   (bench.glue_accuracy's run_pipeline; length-bucketed batches, K > 0 with the cached frozen prefix,
+                   every core); "whole s" is the Trainer component's wall time from ML Metadata (backbone load,
+                   counting the data, every epoch and its dev evaluation, SavedModel export)
+  project K=k bf16 + XLA   the same with --precision mixed_bfloat16 --xla on: what --precision auto trains on a
+                   CPU with native bfloat16; measured by default on such CPUs only (elsewhere auto is float32)
   project full     the same pipeline with --full_finetune (learning rate 3e-5)
   AdapterHub K=k   bench/adapterhub_glue.py train run by $ADAPTERHUB_PYTHON (Houlsby adapters, bottleneck 64, the same MiniLM
                    weights and recipe, batches of similar length padded per batch, leave_out=[0..k-1], torch on
@@ -28,10 +30,13 @@ from typing import Any, Dict, List
 
 from bench.common import GLUE_DIR, REPO_ROOT, glue_file_or_exit, machine_state, print_table, write_results
 from bench.glue_accuracy import ADAPTER_LR, FULL_LR, Run, main_metric, run_pipeline
+from modules.trainer import cpu_has_native_bfloat16
 
 # AdapterHub's venv (docs/adapterhub.md): $ADAPTERHUB_PYTHON, else ../hubenv beside the project.
 HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", os.path.join(REPO_ROOT, "..", "hubenv", "bin", "python"))
 TASK = "mrpc"
+# --precisions: (the pipeline's --precision, XLA on, the variant name's suffix)
+PRECISIONS = {"float32": ("float32", False, ""), "bf16": ("mixed_bfloat16", True, " bf16 + XLA")}
 
 
 def project(run: Run, epochs: int, output_dir: str) -> Dict[str, Any]:
@@ -59,17 +64,17 @@ def adapterhub(drop: int, epochs: int, seed: int, output_dir: str) -> Dict[str, 
 
 
 def ratios(runs: Dict[str, Dict[str, Any]], drops: List[int]) -> Dict[str, float]:
-    """How many times longer AdapterHub and full fine-tuning took than the project at each K (whole run and
-    training alone), for the variants finished so far."""
+    """How many times longer each other variant took than the project's at each K (whole run and training alone):
+    AdapterHub and full fine-tuning against float32, AdapterHub and float32 against bf16 + XLA; for the variants
+    finished so far."""
     result: Dict[str, float] = {}
     for drop in drops:
-        ours = runs.get(f"project K={drop}")
-        if not ours:
-            continue
-        for other, label in ((f"AdapterHub K={drop}", "AdapterHub"), ("project full fine-tuning", "full")):
-            if other in runs:
-                result[f"{label} / project K={drop}, whole"] = runs[other]["whole_seconds"] / ours["whole_seconds"]
-                result[f"{label} / project K={drop}, training"] = runs[other]["train_seconds"] / ours["train_seconds"]
+        hub, f32, bf16 = f"AdapterHub K={drop}", f"project K={drop}", f"project K={drop} bf16 + XLA"
+        for ours, other in ((f32, hub), (f32, "project full fine-tuning"), (bf16, hub), (bf16, f32)):
+            if ours in runs and other in runs:
+                for part in ("whole", "train"):
+                    result[f"{other} / {ours}, {part}"] = (runs[other][f"{part}_seconds"]
+                                                           / runs[ours][f"{part}_seconds"])
     return result
 
 
@@ -79,6 +84,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--drops", type=int, nargs="+", default=[0], metavar="K", help="AdapterDrop K values")
+    parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS),
+                        default=["float32", "bf16"] if cpu_has_native_bfloat16() else ["float32"],
+                        help="the project's arithmetic: float32, bf16 (+ XLA); default: both where the CPU has native "
+                             "bfloat16, float32 elsewhere")
     parser.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
     parser.add_argument("--no-adapterhub", action="store_true", help="skip AdapterHub")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "mrpc_training"),
@@ -95,8 +104,10 @@ def main() -> None:
     run_dir = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=args.output_dir)
     variants: Dict[str, Any] = {}
     for drop in args.drops:
-        variants[f"project K={drop}"] = lambda d=drop: project(
-            Run(TASK, "adapters", args.seed, ADAPTER_LR, adapter_drop=d), args.epochs, run_dir)
+        for name in args.precisions:
+            precision, xla, suffix = PRECISIONS[name]
+            variants[f"project K={drop}{suffix}"] = lambda d=drop, p=precision, x=xla: project(
+                Run(TASK, "adapters", args.seed, ADAPTER_LR, precision=p, xla=x, adapter_drop=d), args.epochs, run_dir)
         if hub:
             variants[f"AdapterHub K={drop}"] = lambda d=drop: adapterhub(
                 d, args.epochs, args.seed, run_dir)
