@@ -19,6 +19,8 @@ DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distributi
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 # TrainingConfig.xla: compile the train step with XLA; "auto" (trainer.resolve_xla): where it is faster.
 XLA_MODES = ("auto", "on", "off")
+# TrainingConfig.serving_export: the serving SavedModel's arithmetic (modules/serving.py's export options).
+SERVING_EXPORTS = ("float32", "xla", "bfloat16", "bfloat16_xla")
 TRANSFORM_FIELDS = ("task", "task_spec", "model", "max_seq_length")  # TrainingConfig.transform_dict
 # The TrainingConfig fields the Tuner searches (Houlsby et al. section 3.2), under these hyperparameter names.
 TUNED_FIELDS = ("learning_rate", "bottleneck_size", "epochs")
@@ -57,13 +59,18 @@ class TrainingConfig:
     # memory) and train the layers above it on that every epoch (modules/prefix_cache.py).
     prefix_cache: bool = True
     # Training arithmetic. "mixed_bfloat16": float32 weights, bfloat16 matmuls; about 1.3x fewer CPU seconds a
-    # step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without. The exported model always
-    # computes in float32.
+    # step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without. The exported model computes
+    # as serving_export says, float32 by default, whatever the training arithmetic.
     precision: str = "float32"
     # The train step compiled by XLA (Keras jit_compile), batches then padded to their length bucket's bound so
     # that XLA compiles a few shapes instead of one per batch length. "auto": on with mixed_bfloat16 on one
     # machine (trainer.resolve_xla), where whole runs measured it faster.
     xla: str = "auto"
+    # The exported SavedModel's model part (modules/serving.py): "float32" serves anywhere; "xla" XLA-compiles it,
+    # the same answers (TF Serving then needs --xla_cpu_compilation_enabled=true); "bfloat16" stores bfloat16
+    # weights, within 1e-2 of float32's probabilities, fast only on CPUs with native bfloat16; "bfloat16_xla" both.
+    # The Evaluator and the release gate judge the exported model, so what is pushed is what was gated.
+    serving_export: str = "float32"
     # tf.distribute strategy of the Trainer: "auto" = MultiWorkerMirroredStrategy when TF_CONFIG describes a
     # cluster of more than one task, else the default (one-device) strategy; or one of them explicitly.
     distribution: str = "auto"
@@ -98,6 +105,9 @@ class TrainingConfig:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if self.xla not in XLA_MODES:
             raise ValueError(f"--xla must be one of {', '.join(XLA_MODES)}, got {self.xla!r}.")
+        if self.serving_export not in SERVING_EXPORTS:
+            raise ValueError(f"--serving_export must be one of {', '.join(SERVING_EXPORTS)}, "
+                             f"got {self.serving_export!r}.")
         self.adapter_config()  # validates bottleneck size, non-linearity, placement and adapter_drop
         if self.full_finetune and self.adapter_drop:
             raise ValueError("--adapter_drop leaves adapters out of layers: it cannot be combined with --full_finetune.")

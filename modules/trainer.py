@@ -526,8 +526,11 @@ def run_fn(fn_args: FnArgs) -> None:
     feature_spec = tf_transform_output.transformed_feature_spec()
     model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir, strategy)
     model = float32_copy(model, config, task)
+    xla_export = config.serving_export.endswith("xla")
+    export = {"xla_length_bounds": bucket_bounds(config.max_seq_length) if xla_export else (),
+              "bfloat16": config.serving_export.startswith("bfloat16")}
     if is_chief(strategy):
-        export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir)
+        export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir, **export)
         if not config.full_finetune:
             save_adapter_weights(model, adapters_dir(fn_args.serving_model_dir),
                                  extra={"task": task.name, "task_spec": task.to_spec(), "model": config.model,
@@ -537,6 +540,6 @@ def run_fn(fn_args: FnArgs) -> None:
         # Every worker takes part in saving (reading distributed variables can be a collective op); only the
         # chief's copy is kept.
         with tempfile.TemporaryDirectory(prefix="serving-worker-") as scratch:
-            export_serving_model(model, tf_transform_output, task, scratch)
+            export_serving_model(model, tf_transform_output, task, scratch, **export)
     if strategy.num_replicas_in_sync > 1:  # no worker leaves (and drops out of the cluster) before all are done
         strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)

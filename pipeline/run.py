@@ -39,7 +39,7 @@ PROJECT_PACKAGES = {"components", "modules", "pipeline", "kubeflow"}
 TRAINING_FLAGS = {
     "bottleneck_size": int, "adapter_drop": int, "batch_size": int, "epochs": int, "max_seq_length": int, "seed": int,
     "learning_rate": float, "warmup_ratio": float, "weight_decay": float,
-    "non_linearity": str, "placement": str, "precision": str, "xla": str,
+    "non_linearity": str, "placement": str, "precision": str, "xla": str, "serving_export": str,
 }
 # pipeline.configs.DataChecks' thresholds: TrainabilityGate stops the run before training beyond them.
 DATA_CHECK_FLAGS = {

@@ -71,8 +71,9 @@ def quick_train(config, *args, **kwargs):
     return model, []
 
 
-def train_task(root: str, model_dir: str, task: str, seed: int) -> str:
-    """Runs modules.trainer.run_fn for `task`; returns the Model artifact directory (Format-Serving/, adapters/)."""
+def train_task(root: str, model_dir: str, task: str, seed: int, **settings) -> str:
+    """Runs modules.trainer.run_fn for `task` (TrainingConfig `settings` added); returns the Model artifact
+    directory (Format-Serving/, adapters/)."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     transform_dir = os.path.join(root, f"transform_{task}")
@@ -80,7 +81,7 @@ def train_task(root: str, model_dir: str, task: str, seed: int) -> str:
     write_transform_output(transform_dir, model_dir, task)
     artifact = os.path.join(root, f"Trainer/model/{task}")
     config = {"task": task, "model": model_dir, "max_seq_length": SETTINGS[task], "bottleneck_size": 8,
-              "learning_rate": 1e-2, "warmup_ratio": 0.0, "seed": seed}
+              "learning_rate": 1e-2, "warmup_ratio": 0.0, "seed": seed, **settings}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "train", quick_train)
         trainer.run_fn(FnArgs(custom_config=config, transform_graph_path=transform_dir, train_files=[], eval_files=[],

@@ -91,15 +91,17 @@ def test_loaded_variant_answers_like_the_float32_model(model, loaded, variant, l
     assert len(lengths) == 1 or np.abs(reference - reference[0]).max() > 0.05  # rows differ: a mix-up would show
 
 
-def test_jit_compile_survives_the_save(loaded) -> None:
-    def must_compile(name: str) -> bool:
-        proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(loaded["directories"][name], "saved_model.pb"), "rb") as f:
-            proto.ParseFromString(f.read())
-        return any(function.attr["_XlaMustCompile"].b for meta_graph in proto.meta_graphs
-                   for function in meta_graph.graph_def.library.function)
+def must_compile(saved_model_dir: str) -> bool:
+    """Whether a function of the SavedModel carries the jit_compile attribute."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    return any(function.attr["_XlaMustCompile"].b for meta_graph in proto.meta_graphs
+               for function in meta_graph.graph_def.library.function)
 
-    assert {name: must_compile(name) for name in VARIANTS} == {
+
+def test_jit_compile_survives_the_save(loaded) -> None:
+    assert {name: must_compile(loaded["directories"][name]) for name in VARIANTS} == {
         "plain": False, "xla": True, "bf16": False, "bf16_xla": True}
 
 
@@ -116,3 +118,32 @@ def test_padded_inputs_take_the_smallest_bounds(lengths, shape) -> None:
     inputs = padded_inputs(features(lengths), LENGTH_BOUNDS)
     assert {name: tuple(value.shape) for name, value in inputs.items()} == {name: shape for name in INPUT_NAMES}
     assert int(tf.reduce_sum(inputs["attention_mask"][len(lengths):])) == 0  # the added rows are masked out
+
+
+def test_the_trainers_export_follows_serving_export(tmp_path) -> None:
+    """--serving_export reaches modules.trainer.run_fn's SavedModel: bfloat16_xla stores bfloat16 weights in an
+    XLA-compiled model part, and its predict_text answers like the float32 export of the same weights (how close
+    the options answer on a model whose answers differ more by input: the tests above)."""
+    from test_bundle import SENTENCES_A, train_task
+    from tiny_bert import write_tiny_bert
+
+    model_dir = write_tiny_bert(tmp_path / "tiny_bert")
+    exports = {name: os.path.join(train_task(str(tmp_path / name), model_dir, "sst2", seed=1, serving_export=name),
+                                  "Format-Serving") for name in ("float32", "bfloat16_xla")}
+    loaded = {name: tf.saved_model.load(directory) for name, directory in exports.items()}
+    assert {name: sorted({v.dtype.name for v in model.model_variables}) for name, model in loaded.items()} == {
+        "float32": ["float32"], "bfloat16_xla": ["bfloat16", "float32"]}
+    assert {name: must_compile(directory) for name, directory in exports.items()} == {
+        "float32": False, "bfloat16_xla": True}
+    sentences = tf.constant(SENTENCES_A)
+    probabilities = {name: model.signatures["predict_text"](sentence1=sentences)["probabilities"].numpy()
+                     for name, model in loaded.items()}
+    assert probabilities["float32"].shape == (len(SENTENCES_A), 2)
+    assert np.abs(probabilities["float32"] - probabilities["bfloat16_xla"]).max() <= TOLERANCE["bf16_xla"]
+
+
+def test_an_unknown_serving_export_is_refused_naming_the_flag() -> None:
+    from modules.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="--serving_export must be one of float32, xla, bfloat16, bfloat16_xla"):
+        TrainingConfig(serving_export="float16")
