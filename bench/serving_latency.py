@@ -23,8 +23,8 @@ binary on these machines).
               its fast tokenizer (bench/studies/adapterhub_serving.py in AdapterHub's venv, one process per
               --hub-threads setting, 0 = PyTorch's default), float32 and under bfloat16 autocast
 
-Batch 1: `--calls` calls per model on MRPC dev sentence pairs, the models alternating call by call (AdapterHub
-times its own call inside its process); median and p95 latency. Batch 32: `--batch-repeats` interleaved
+Batch 1: `--calls` calls per model on MRPC dev sentence pairs, the models alternating call by call, the order
+rotated by one at each pair (AdapterHub times its own call inside its process); median and p95 latency. Batch 32: `--batch-repeats` interleaved
 measurements of 5 calls; examples/s. `--adapters`: trained MiniLM adapter weights (a Trainer's adapters
 directory) for the adapter models, so that the reported probability differences of the export options are
 those of a trained model.
@@ -221,9 +221,10 @@ def main() -> None:
                     one_calls[name](k)
 
     latency: Dict[str, List[float]] = {name: [] for name in one_calls}
-    for k in range(len(one)):  # call by call, the models alternating
-        for name, call in one_calls.items():
-            latency[name].append(call(k))
+    names = list(one_calls)
+    for k in range(len(one)):  # call by call, the models alternating; each in every place of the order in turn
+        for name in names[k % len(names):] + names[:k % len(names)]:  # (the first after AdapterHub finds cold caches)
+            latency[name].append(one_calls[name](k))
     throughput = common.interleave(batch_calls, args.batch_repeats)
     hub_info = [hub.info for hub in hubs]
     for hub in hubs:
