@@ -93,7 +93,9 @@ BENIGN_WARNINGS = (
 #  - oneDNN (the CPU kernels) has no int64 kernels here and says that the default kernels run them, as always;
 #  - XLA (the train step with --xla, the default with bfloat16) announces its CPU service and first compilation
 #    (after absl's notice that it logs to stderr), and says it drops the backbone's check that token ids are below
-#    the vocabulary size: the ids come from the backbone's own tokenizer, so they always are.
+#    the vocabulary size: the ids come from the backbone's own tokenizer, so they always are;
+#  - Grappler (TensorFlow's graph optimiser) cannot estimate the cost of an op of unknown shape in a loaded
+#    XLA-compiled export (--serving_export xla): the estimate only guides its optimisations.
 CPP_BENIGN_LINES = re.compile(
     rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin cu\w+ when one has "
     rb"already been registered"
@@ -103,7 +105,8 @@ CPP_BENIGN_LINES = re.compile(
     rb"|\] XLA service 0x[0-9a-f]+ initialized for platform Host \(this does not guarantee that XLA will be used\)"
     rb"|\]   StreamExecutor device \(0\): Host, Default Version$"
     rb"|\] Compiled cluster using XLA!  This line is logged at most once for the lifetime of the process\.$"
-    rb"|\] Ignoring Assert operator \S*bert/embeddings/assert_less/Assert/Assert$")
+    rb"|\] Ignoring Assert operator \S*bert/embeddings/assert_less/Assert/Assert$"
+    rb"|op_level_cost_estimator\.cc:\d+\] Error in PredictCost\(\) for the op: ")
 # The child process that passes file descriptor 2 on: argv[1] is the pattern of the lines to leave out.
 FORWARDER = """
 import re, sys
