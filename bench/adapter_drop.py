@@ -120,7 +120,7 @@ def mrpc_cache(common) -> Dict:
     model = trainer.build_model(config, get_task("mrpc"))
     boundaries = [b for b in trainer.BUCKET_BOUNDARIES if b < SEQ]
     start = time.perf_counter()
-    cache = build_prefix_cache(model, trainer._read_transformed([records], spec), BATCH, boundaries)
+    cache = build_prefix_cache(model, trainer.read_transformed([records], spec), BATCH, boundaries)
     build_seconds = time.perf_counter() - start
     tokens = int(cache.hidden_states.row_lengths().numpy().sum())
     read = {}

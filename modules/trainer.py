@@ -81,7 +81,7 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def _read_transformed(file_patterns: List[str], feature_spec: Dict, rows: Optional[RowFilter] = None) -> tf.data.Dataset:
+def read_transformed(file_patterns: List[str], feature_spec: Dict, rows: Optional[RowFilter] = None) -> tf.data.Dataset:
     """The examples of the files, in file order; with `rows`, only those it keeps."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
@@ -113,7 +113,7 @@ def make_dataset(
     of the batch's examples instead of their token ids; shuffling and batching are the same. With `rows`, only
     the examples it keeps.
     """
-    dataset = _read_transformed(file_patterns, feature_spec, rows)
+    dataset = read_transformed(file_patterns, feature_spec, rows)
     if prefix_cache is not None:
         dataset = dataset.enumerate().map(lambda i, features: {**features, EXAMPLE_INDEX: i})
     if shuffle_seed is not None:
@@ -451,7 +451,7 @@ def train(
                               shuffle_seed=config.seed, bucketing=config.bucketing, rows=train_rows, bucket_shapes=xla)
     eval_data = make_dataset(eval_files, feature_spec, config.batch_size, config.max_seq_length,
                              shuffle_seed=None, bucketing=config.bucketing, rows=eval_rows)
-    num_examples = _count(_read_transformed(train_files, feature_spec, train_rows))
+    num_examples = _count(read_transformed(train_files, feature_spec, train_rows))
     if num_examples == 0:
         raise ValueError(f"No training examples in {train_files}.")
     steps_per_epoch = _count(train_data)  # fixed per epoch: shuffling moves no example to another bucket
@@ -489,7 +489,7 @@ def _with_prefix_cache(model: AdapterBertClassifier, config: TrainingConfig, tra
                         strategy.num_replicas_in_sync)
         return train_data
     boundaries = bucket_bounds(config.max_seq_length)[:-1]
-    cache = build_prefix_cache(model, _read_transformed(train_files, feature_spec, rows), config.batch_size, boundaries)
+    cache = build_prefix_cache(model, read_transformed(train_files, feature_spec, rows), config.batch_size, boundaries)
     if cache is None:
         return train_data
     cached = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,

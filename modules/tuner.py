@@ -45,7 +45,7 @@ from tfx.components.tuner.component import TunerFnResult
 from modules.config import TUNED_FIELDS, TrainingConfig, TuningConfig, tuned_settings
 from modules.glue import FEATURE_LABEL, GlueTask
 from modules.preprocessing import INPUT_IDS, TOKEN_TYPE_IDS
-from modules.trainer import RowFilter, _read_transformed, train
+from modules.trainer import RowFilter, read_transformed, train
 
 HOLDOUT = "holdout"
 SEARCH_ROOT_KEY = "search_root"  # the Tuner's custom_config: where the searches' directories are
@@ -80,7 +80,7 @@ class Holdout:
 
     @classmethod
     def carve(cls, train_files: List[str], feature_spec: Dict, task: GlueTask, fraction: float, seed: int) -> "Holdout":
-        examples = _read_transformed(train_files, feature_spec).batch(1024)
+        examples = read_transformed(train_files, feature_spec).batch(1024)
         keys, labels = [], []
         for batch in examples:
             keys.append(example_keys(batch, seed).numpy())

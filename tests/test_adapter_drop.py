@@ -247,7 +247,7 @@ def test_training_on_the_cached_prefix_gives_the_weights_of_training_without_it(
 @pytest.mark.parametrize("bucketing", [True, False])
 def test_cached_batches_hold_the_prefix_output_of_their_own_examples(tmp_path, monkeypatch, bucketing: bool) -> None:
     from modules import prefix_cache
-    from modules.trainer import BUCKET_BOUNDARIES, _read_transformed, make_dataset
+    from modules.trainer import BUCKET_BOUNDARIES, read_transformed, make_dataset
 
     rng = np.random.default_rng(4)
     lengths = rng.integers(5, MAX_SEQ_LENGTH + 1, 20)
@@ -255,7 +255,7 @@ def test_cached_batches_hold_the_prefix_output_of_their_own_examples(tmp_path, m
     model = AdapterBertClassifier(tiny_backbone(vocab_size=400, max_position_embeddings=64), 2,
                                   AdapterConfig(adapter_drop=1))
     boundaries = [b for b in BUCKET_BOUNDARIES if b < MAX_SEQ_LENGTH]
-    cache = prefix_cache.build_prefix_cache(model, _read_transformed(files, FEATURE_SPEC), 8, boundaries)
+    cache = prefix_cache.build_prefix_cache(model, read_transformed(files, FEATURE_SPEC), 8, boundaries)
     assert cache.nbytes == lengths.sum() * HIDDEN * 2  # float16, each example at its own length
     plain = make_dataset(files, FEATURE_SPEC, 8, MAX_SEQ_LENGTH, shuffle_seed=None, bucketing=bucketing)
     cached = make_dataset(files, FEATURE_SPEC, 8, MAX_SEQ_LENGTH, shuffle_seed=None, bucketing=bucketing,
@@ -269,7 +269,7 @@ def test_cached_batches_hold_the_prefix_output_of_their_own_examples(tmp_path, m
         np.testing.assert_allclose(states[PREFIX_OUTPUT].numpy()[mask], expected[mask], rtol=2e-3, atol=1e-3)
         assert not states[PREFIX_OUTPUT].numpy()[~mask].any()  # padding is zeros
     monkeypatch.setattr(prefix_cache, "MAX_CACHE_BYTES", int(lengths.sum()) * HIDDEN * 2 - 1)
-    assert prefix_cache.build_prefix_cache(model, _read_transformed(files, FEATURE_SPEC), 8, boundaries) is None
+    assert prefix_cache.build_prefix_cache(model, read_transformed(files, FEATURE_SPEC), 8, boundaries) is None
 
 
 def test_a_bundle_builds_the_task_with_its_k_and_shares_the_frozen_layer_norms(tmp_path) -> None:

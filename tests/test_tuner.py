@@ -139,10 +139,10 @@ def transformed(tmp_path) -> types.SimpleNamespace:
 
 
 def _keys(files: List[str], rows=None) -> List[int]:
-    from modules.trainer import _read_transformed
+    from modules.trainer import read_transformed
     from modules.tuner import example_keys
 
-    return sorted(int(example_keys(f, 7).numpy()) for f in _read_transformed(files, FEATURE_SPEC, rows))
+    return sorted(int(example_keys(f, 7).numpy()) for f in read_transformed(files, FEATURE_SPEC, rows))
 
 
 def test_holdout_is_seeded_stratified_disjoint_and_independent_of_row_order(transformed) -> None:
@@ -299,7 +299,7 @@ def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> 
     import tensorflow_transform as tft
 
     from modules.glue import get_task
-    from modules.trainer import _read_transformed
+    from modules.trainer import read_transformed
     from modules.tuner import Holdout, example_keys
 
     transform = os.path.join(tuned.out, "pipelines", "adapter-bert-glue-mrpc", "Transform")
@@ -309,7 +309,7 @@ def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> 
     again = Holdout.carve([os.path.join(transformed, "Split-train", "*")], spec, get_task("mrpc"), 0.25, seed=42)
     assert again.digest() == holdout["digest"]
     eval_keys = {int(k) for k in example_keys(next(iter(
-        _read_transformed([os.path.join(transformed, "Split-eval", "*")], spec).batch(1000))), 42).numpy()}
+        read_transformed([os.path.join(transformed, "Split-eval", "*")], spec).batch(1000))), 42).numpy()}
     assert not eval_keys & set(again.keys)
 
 
