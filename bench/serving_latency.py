@@ -42,10 +42,10 @@ from typing import Any, Dict, List, Sequence
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+from modules.trainer import bucket_bounds  # noqa: E402
 
 MAX_SEQ_LENGTH = 128
-# The Trainer's length buckets, trainer.bucket_bounds(128) (not imported: the bench runs the model's serving code).
-LENGTH_BOUNDS = (16, 32, 48, 64, 96, 128)
+LENGTH_BOUNDS = tuple(bucket_bounds(MAX_SEQ_LENGTH))  # what the Trainer exports with --serving_export xla
 EXPORT_OPTIONS = {"adapter_xla": {"xla_length_bounds": LENGTH_BOUNDS}, "adapter_bf16": {"bfloat16": True},
                   "adapter_bf16_xla": {"xla_length_bounds": LENGTH_BOUNDS, "bfloat16": True}}
 
