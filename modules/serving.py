@@ -64,15 +64,22 @@ def _smallest_bound(value: tf.Tensor, bounds: Sequence[int]) -> tf.Tensor:
     return tf.maximum(value, tf.gather(bounds_tensor, index))
 
 
+def bucket_inputs(features: Dict[str, tf.Tensor], bounds: Sequence[int]) -> Dict[str, tf.Tensor]:
+    """The model's inputs cut to the smallest of `bounds` that holds the batch's longest example: the few shapes
+    an XLA-compiled model sees (the Trainer's train step under XLA, and the XLA export). The features must be
+    padded to at least the last bound (the Transform output is padded to max_seq_length)."""
+    length = _smallest_bound(tf.reduce_max(features[LENGTH_FEATURE]), bounds)
+    return {name: features[name][:, :length] for name in INPUT_NAMES}
+
+
 def padded_inputs(features: Dict[str, tf.Tensor], length_bounds: Sequence[int]) -> Dict[str, tf.Tensor]:
-    """The model's inputs cut to the smallest length bound that holds the batch's longest example, and the batch
-    padded with fully masked rows to a power of two: an XLA-compiled model then sees len(length_bounds) x
-    log2(batch) shapes, not one per request (each new shape is compiled, about a second for MiniLM). The features
-    must be padded to at least the last bound (the Transform output is padded to max_seq_length)."""
-    length = _smallest_bound(tf.maximum(tf.reduce_max(features[LENGTH_FEATURE]), 1), length_bounds)
+    """bucket_inputs, and the batch padded with fully masked rows to a power of two: an XLA-compiled model then
+    sees len(length_bounds) x log2(batch) shapes, not one per request (each new shape is compiled, about a second
+    for MiniLM)."""
     rows = tf.shape(features[INPUT_IDS], out_type=tf.int64)[0]
     padding = _smallest_bound(rows, XLA_BATCH_BOUNDS) - rows
-    return {name: tf.pad(features[name][:, :length], [[0, padding], [0, 0]]) for name in INPUT_NAMES}
+    return {name: tf.pad(value, [[0, padding], [0, 0]])
+            for name, value in bucket_inputs(features, length_bounds).items()}
 
 
 def bfloat16_copy(model: AdapterBertClassifier) -> AdapterBertClassifier:

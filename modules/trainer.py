@@ -46,7 +46,7 @@ from modules.model import (
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
 from modules.config import RECORDED_TRAINING_FIELDS, TrainingConfig, tuned_settings
 from modules.prefix_cache import EXAMPLE_INDEX, PrefixCache, build_prefix_cache
-from modules.serving import adapters_dir, export_serving_model, model_inputs, predict_outputs
+from modules.serving import adapters_dir, bucket_inputs, export_serving_model, model_inputs, predict_outputs
 
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
 # Which examples of a split a dataset reads (features -> scalar bool): the Tuner's holdout and the rest of train.
@@ -151,14 +151,6 @@ def make_dataset(
 def bucket_bounds(max_seq_length: int) -> List[int]:
     """The upper bounds of the length buckets, the last one max_seq_length."""
     return [b for b in BUCKET_BOUNDARIES if b < max_seq_length] + [max_seq_length]
-
-
-def bucket_inputs(features: Dict[str, tf.Tensor], bounds: List[int]) -> Dict[str, tf.Tensor]:
-    """The model's inputs cut to the smallest of `bounds` that holds the batch's longest example."""
-    longest = tf.reduce_max(features[LENGTH_FEATURE])
-    bounds_tensor = tf.constant(bounds, dtype=longest.dtype)
-    length = tf.gather(bounds_tensor, tf.reduce_sum(tf.cast(bounds_tensor < longest, tf.int32)))
-    return {name: features[name][:, :length] for name in INPUT_NAMES}
 
 
 def full_batch(inputs: Dict[str, tf.Tensor], label: tf.Tensor,
