@@ -77,6 +77,7 @@ class Holdout:
     fraction: float
     keys: Tuple[int, ...]  # sorted example_keys of the holdout
     counts: Dict[str, Tuple[int, int]]  # stratum -> (holdout examples, training examples left)
+    train_digest: str  # of every training example's key and label: the data, whatever files hold it
 
     @classmethod
     def carve(cls, train_files: List[str], feature_spec: Dict, task: GlueTask, fraction: float, seed: int) -> "Holdout":
@@ -87,7 +88,10 @@ class Holdout:
             labels.append(batch[FEATURE_LABEL].numpy())
         if not keys:
             raise ValueError(f"No training examples in {train_files}: nothing to carve a holdout from.")
-        keys_, strata_ = np.concatenate(keys), strata(np.concatenate(labels), task)
+        keys_, labels_ = np.concatenate(keys), np.concatenate(labels)
+        strata_ = strata(labels_, task)
+        order = np.lexsort((labels_, keys_))
+        digest = hashlib.sha256(keys_[order].tobytes() + labels_[order].astype(np.float64).tobytes())
         chosen, counts = [], {}
         for stratum in np.unique(strata_):
             distinct = np.unique(keys_[strata_ == stratum])  # sorted
@@ -98,7 +102,8 @@ class Holdout:
         if not chosen:
             raise ValueError(f"--holdout_fraction {fraction}: {len(keys_)} training examples leave no holdout (a class "
                              "needs 2 distinct examples to give one).")
-        return cls(seed=seed, fraction=fraction, keys=tuple(sorted(set(chosen))), counts=counts)
+        return cls(seed=seed, fraction=fraction, keys=tuple(sorted(set(chosen))), counts=counts,
+                   train_digest=digest.hexdigest())
 
     def row_filters(self) -> Tuple[RowFilter, RowFilter]:
         """(train without the holdout, the holdout): filters for modules.trainer's datasets."""
@@ -115,7 +120,7 @@ class Holdout:
         return hashlib.sha256(",".join(map(str, self.keys)).encode()).hexdigest()
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"seed": self.seed, "fraction": self.fraction, "digest": self.digest(),
+        return {"seed": self.seed, "fraction": self.fraction, "digest": self.digest(), "train_digest": self.train_digest,
                 "holdout_examples": sum(h for h, _ in self.counts.values()),
                 "training_examples": sum(t for _, t in self.counts.values()),
                 "per_stratum": {k: {"holdout": h, "train": t} for k, (h, t) in self.counts.items()}}
@@ -185,10 +190,11 @@ def make_oracle(tuning: TuningConfig, task: GlueTask, seed: int) -> keras_tuner.
     return oracle_class(max_trials=tuning.max_trials or tuning.grid_size(), **common)
 
 
-def search_key(train_files: List[str], custom_config: Dict[str, Any]) -> str:
-    """The search's directory name: the same inputs and settings (a rerun after a kill) find the same one."""
+def search_key(train_digest: str, custom_config: Dict[str, Any]) -> str:
+    """The search's directory name: the same training data and settings (a rerun after a kill) find the same one,
+    also when ExampleGen ran again on the same files (TFX's input fingerprint counts their modification times)."""
     settings = {k: v for k, v in custom_config.items() if k != SEARCH_ROOT_KEY}
-    text = json.dumps({"train_files": sorted(train_files), "settings": settings}, sort_keys=True)
+    text = json.dumps({"train_digest": train_digest, "settings": settings}, sort_keys=True)
     return "search-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -250,7 +256,7 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     task = config.task_description()
     feature_spec = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_feature_spec()
     holdout = Holdout.carve(fn_args.train_files, feature_spec, task, tuning.holdout_fraction, config.seed)
-    directory = os.path.join(custom[SEARCH_ROOT_KEY], search_key(fn_args.train_files, custom))
+    directory = os.path.join(custom[SEARCH_ROOT_KEY], search_key(holdout.train_digest, custom))
     logging.info("search in %s; holdout: %d of %d training examples (seed %d)", directory,
                  holdout.to_dict()["holdout_examples"], sum(h + t for h, t in holdout.counts.values()), config.seed)
     tuner = AdapterTuner(make_oracle(tuning, task, config.seed), os.path.dirname(directory), os.path.basename(directory),

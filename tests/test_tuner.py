@@ -157,7 +157,14 @@ def test_holdout_is_seeded_stratified_disjoint_and_independent_of_row_order(tran
     assert len(inside) == 60 and len(outside) == 240 and not set(inside) & set(outside)
     assert inside == list(holdout.keys)
     # The same seed: the same rows, whatever order the files hold them in; another seed: other rows.
-    assert Holdout.carve([transformed.reversed], FEATURE_SPEC, task, 0.2, seed=7).keys == holdout.keys
+    again = Holdout.carve([transformed.reversed], FEATURE_SPEC, task, 0.2, seed=7)
+    assert again.keys == holdout.keys
+    # The search's directory follows the data, not the files: a re-ingested copy resumes the same search.
+    assert again.train_digest == holdout.train_digest
+    relabelled = os.path.join(os.path.dirname(transformed.train), "relabelled.gz")
+    _write_transformed(relabelled, [dict(row, label=1 - row["label"]) if i == 5 else row
+                                    for i, row in enumerate(transformed.rows)])
+    assert Holdout.carve([relabelled], FEATURE_SPEC, task, 0.2, seed=7).train_digest != holdout.train_digest
     other = Holdout.carve([transformed.train], FEATURE_SPEC, task, 0.2, seed=8)
     assert other.keys != holdout.keys and other.counts == holdout.counts
     # Nothing of the eval split is in the holdout (or anywhere in what the trials see).
