@@ -19,6 +19,8 @@ signature's name, inputs or outputs; bench/serving_latency.py measures them agai
   bfloat16           the model's weights stored and computed in bfloat16 (the classifier in float32): fast on CPUs
                      with native bfloat16 (AVX512_BF16, AMX), slow where it is emulated; probabilities within
                      1e-2 of float32 (bench/serving_latency.py reports the largest difference).
+An XLA export also carries TF Serving's warm-up requests (`warmup_requests`): the server replays them when it
+loads the model, so it compiles the shapes before the first client request instead of during it.
 
 A module of its own so that both users of the contract import it rather than each other: the Trainer, which
 exports it (modules/trainer.py), and a bundle, which reads the adapters directory and whose task signatures
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -36,6 +38,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from absl import logging
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from modules import backbone
 from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
@@ -48,6 +51,11 @@ BULK_SIGNATURE = "bulk_inference"
 ADAPTERS_SUBDIR = "adapters"  # where run_fn writes adapter-only weights inside a Model artifact
 # The batch sizes an XLA-compiled model is padded to (a larger batch keeps its own size).
 XLA_BATCH_BOUNDS = tuple(2 ** i for i in range(11))
+# TF Serving replays this file's PredictionLogs when it loads a SavedModel (its "SavedModel warmup").
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# Warm-up requests go up to this batch size (the Trainer's default batch; larger batches compile on first use):
+# each shape costs about a second of the server's load time for MiniLM.
+WARMUP_MAX_BATCH = 32
 
 
 def model_inputs(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -184,6 +192,24 @@ class ServingModule(tf.Module):
                 BULK_SIGNATURE: self.serve_examples_numeric.get_concrete_function()}
 
 
+def warmup_requests(task: GlueTask, length_bounds: Sequence[int],
+                    max_batch: int = WARMUP_MAX_BATCH) -> List[prediction_log_pb2.PredictionLog]:
+    """One predict_text request per length bound and power-of-two batch size up to max_batch: the shapes an XLA
+    export compiles for those requests. Its text is the word "a" (one WordPiece in BERT vocabularies), as many
+    times as makes the tokenized example exactly the bound long ([CLS] text [SEP], and "a" [SEP] for pair tasks;
+    the signatures share the compiled model part, so serving_default is warm too)."""
+    specials = 2 if task.text_b is None else 4
+    logs = []
+    for bound in length_bounds:
+        for batch in (b for b in XLA_BATCH_BOUNDS if b <= max_batch):
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=TEXT_SIGNATURE))
+            request.inputs[FEATURE_TEXT_A].CopyFrom(tf.make_tensor_proto([" ".join(["a"] * (bound - specials))] * batch))
+            if task.text_b is not None:
+                request.inputs[FEATURE_TEXT_B].CopyFrom(tf.make_tensor_proto(["a"] * batch))
+            logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+    return logs
+
+
 def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.TFTransformOutput,
                          task: GlueTask, directory: str, xla_length_bounds: Sequence[int] = (),
                          bfloat16: bool = False) -> None:
@@ -191,6 +217,11 @@ def export_serving_model(model: AdapterBertClassifier, tf_transform_output: tft.
     start = time.time()
     module = ServingModule(model, tf_transform_output, task, xla_length_bounds, bfloat16)
     tf.saved_model.save(module, directory, signatures=module.signatures())
+    if xla_length_bounds:
+        tf.io.gfile.makedirs(os.path.dirname(os.path.join(directory, WARMUP_FILE)))
+        with tf.io.TFRecordWriter(os.path.join(directory, WARMUP_FILE)) as writer:
+            for log in warmup_requests(task, xla_length_bounds):
+                writer.write(log.SerializeToString())
     logging.info("SavedModel written to %s in %.0f s", directory, time.time() - start)
 
 

@@ -28,7 +28,7 @@ import threading
 import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -227,19 +227,28 @@ def test_signatures_agree_with_the_keras_model_and_each_other(pushed):
     np.testing.assert_allclose(from_examples["probabilities"].numpy(), expected["probabilities"], rtol=1e-6)
 
 
-def test_export_options_keep_the_contract(pushed, tmp_path):
-    """serving.export_serving_model's XLA and bfloat16 options together: the same signatures (names, inputs, outputs)
-    answering like the default export within 1e-2 of the probabilities (bfloat16's tolerance; each option alone:
-    tests/test_serving_xla.py), after a load from disk."""
+def transform_dir(pushed) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(pushed["dir"]))), f"transform_{pushed['name']}")
+
+
+@pytest.fixture(scope="module")
+def options_export(pushed, tmp_path_factory) -> str:
+    """The pushed model exported with both options of serving.export_serving_model: XLA and bfloat16."""
     import tensorflow_transform as tft
 
     from modules import serving
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(pushed["dir"])))
-    task = get_task("mrpc")
-    serving.export_serving_model(pushed["model"], tft.TFTransformOutput(os.path.join(root, "transform_mrpc")), task,
-                                 str(tmp_path / "export"), xla_length_bounds=(16, MAX_SEQ_LENGTH), bfloat16=True)
-    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    directory = str(tmp_path_factory.mktemp("options") / "export")
+    serving.export_serving_model(pushed["model"], tft.TFTransformOutput(transform_dir(pushed)), get_task("mrpc"),
+                                 directory, xla_length_bounds=(16, MAX_SEQ_LENGTH), bfloat16=True)
+    return directory
+
+
+def test_export_options_keep_the_contract(pushed, options_export):
+    """serving.export_serving_model's XLA and bfloat16 options together: the same signatures (names, inputs, outputs)
+    answering like the default export within 1e-2 of the probabilities (bfloat16's tolerance; each option alone:
+    tests/test_serving_xla.py), after a load from disk."""
+    loaded = tf.saved_model.load(options_export)
     for name, signature in pushed["loaded"].signatures.items():
         assert loaded.signatures[name].structured_input_signature == signature.structured_input_signature
         assert sorted(loaded.signatures[name].structured_outputs) == sorted(signature.structured_outputs)
@@ -255,9 +264,53 @@ def test_export_options_keep_the_contract(pushed, tmp_path):
         assert np.abs(probabilities - expected["probabilities"]).max() <= 1e-2
 
 
+def warmup_shapes(transform_graph_dir: str, logs) -> List[Tuple[int, int]]:
+    """(tokenized length, batch size) of each warm-up request, through the task's Transform graph; each request's
+    rows must be alike."""
+    import tensorflow_transform as tft
+
+    layer = tft.TFTransformOutput(transform_graph_dir).transform_features_layer()
+    shapes = []
+    for log in logs:
+        request = log.predict_log.request
+        assert request.model_spec.signature_name == "predict_text"
+        inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+        inputs.setdefault("sentence2", tf.fill(tf.shape(inputs["sentence1"]), ""))  # as predict_text does
+        lengths = layer(inputs)["length"].numpy()
+        assert len(set(lengths)) == 1
+        shapes.append((int(lengths[0]), len(lengths)))
+    return shapes
+
+
+WARMUP_SHAPES = [(bound, batch) for bound in (16, MAX_SEQ_LENGTH) for batch in (1, 2, 4, 8, 16, 32)]
+
+
+def test_an_xla_export_carries_tf_servings_warmup_requests(pushed, options_export):
+    """TF Serving replays assets.extra/tf_serving_warmup_requests when it loads a model: an XLA export carries one
+    predict_text request per length bound and batch size up to 32, each tokenized to exactly its bound, so each
+    compiles a shape client requests will use; each is answered by the loaded model as the server would. The default
+    export compiles nothing and carries none."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from modules import serving
+
+    path = os.path.join(options_export, serving.WARMUP_FILE)
+    logs = [prediction_log_pb2.PredictionLog.FromString(record.numpy()) for record in tf.data.TFRecordDataset(path)]
+    assert warmup_shapes(transform_dir(pushed), logs) == WARMUP_SHAPES
+    loaded = tf.saved_model.load(options_export)
+    for log in logs:
+        answer = serve_grpc(loaded, log.predict_log.request)
+        batch = len(log.predict_log.request.inputs["sentence1"].string_val)
+        assert tf.make_ndarray(answer.outputs["probabilities"]).shape == (batch, 2)
+    assert not os.path.exists(os.path.join(pushed["dir"], serving.WARMUP_FILE))
+
+
 @pytest.mark.parametrize("task_name", ["stsb", "sst2"])
 def test_other_task_kinds_round_trip(tmp_path, tiny_bert_dir, task_name):
-    """Regression (a single output: TF Serving's REST answer drops its name) and a single-sentence task."""
+    """Regression (a single output: TF Serving's REST answer drops its name) and a single-sentence task (whose
+    warm-up requests, one sentence, also tokenize to their bounds)."""
+    from modules import serving
+
     task = get_task(task_name)
     version_dir, _ = push_model(str(tmp_path), task_name, tiny_bert_dir)
     loaded = tf.saved_model.load(version_dir)
@@ -271,6 +324,8 @@ def test_other_task_kinds_round_trip(tmp_path, tiny_bert_dir, task_name):
     assert_same(task_name, predict.parse_rest_response(task, answer), expected)
     request = predict.build_grpc_request(task, task_name, SENTENCES, s2)
     assert_same(task_name, predict.parse_grpc_response(task, serve_grpc(loaded, request)), expected)
+    logs = serving.warmup_requests(task, (16, MAX_SEQ_LENGTH))
+    assert warmup_shapes(str(tmp_path / f"transform_{task_name}"), logs) == WARMUP_SHAPES
 
 
 def test_client_checks_inputs_and_reads_errors():
