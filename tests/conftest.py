@@ -23,8 +23,7 @@ def glue_dir_or_skip(task_directory: str) -> str:
 # The modules that read the session's shared pipeline runs (the fixtures below). pytest.ini runs the suite on two
 # pytest-xdist workers; these modules run on one of them, so each shared run is made once per session.
 SHARED_RUNS = {"tiny_mrpc_run", "tiny_kubeflow_run"}
-SHARED_RUN_MODULES = {"tests/test_kubeflow_execution.py", "tests/test_pipeline_e2e.py", "tests/test_reliability.py",
-                      "tests/test_tuner.py"}
+SHARED_RUN_MODULES = {"tests/test_kubeflow_execution.py", "tests/test_pipeline_e2e.py", "tests/test_reliability.py"}
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log) -> "xdist.scheduler.LoadScopeScheduling":

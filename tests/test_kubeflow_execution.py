@@ -18,6 +18,8 @@ that imported TensorFlow, TFX and Beam once (kubeflow/forkserver.py); the failin
 interpreter per process, as the launcher does by default. Apart from them, a spec whose GLUE files are missing
 stops at its first task, naming the task, its command and its log.
 """
+import glob
+import json
 import os
 import re
 import shutil
@@ -217,3 +219,44 @@ def test_a_failing_task_stops_the_run_naming_it_and_its_log(tmp_path) -> None:
                               "`python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor` exited with 1")
     assert f"full log {log}" in message and f"{data_dir}/MRPC/train.tsv" in message
     assert sorted(os.listdir(log.parent)) == ["GlueExampleGen.log"]
+
+
+# ------------------------------------------------------------------------ the Tuner task (issue 30)
+
+def test_compiled_spec_has_the_tuner_task_feeding_the_trainer(tiny_kubeflow_run) -> None:
+    tasks = tiny_kubeflow_run.spec.root.dag.tasks
+    trainer_inputs = tasks["Trainer"].inputs.artifacts
+    assert trainer_inputs["hyperparameters"].task_output_artifact.producer_task == "Tuner"
+    assert trainer_inputs["hyperparameters"].task_output_artifact.output_artifact_key == "best_hyperparameters"
+    label = tiny_kubeflow_run.spec.components[tasks["Tuner"].component_ref.name].executor_label
+    executor = json_format.MessageToDict(tiny_kubeflow_run.spec.deployment_spec)["executors"][label]
+    assert "components.tuner.Executor" in json.dumps(executor)
+
+
+def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(tiny_kubeflow_run) -> None:
+    """The session's executed --tune spec (tests/tiny_kubeflow.py): a one-setting search (TRAINING's, 10 epochs)
+    where the Trainer's own flag says TRAINER_EPOCHS."""
+    from tiny_kubeflow import TRAINER_EPOCHS
+
+    run = tiny_kubeflow_run.run
+    order = [task.name for task in run.tasks]
+    assert order.index("Transform") < order.index("Tuner") < order.index("Trainer")
+    results = run.output("Tuner", "tuner_results")
+    summary = json_format.MessageToDict(results.metadata)["summary"]
+    assert summary.startswith("chosen: learning rate 0.01, bottleneck 16, 10 epochs; ") and "1 trials" in summary
+    trials = _json(results.uri, "trials.json")
+    assert [r["settings"] for r in trials] == [{"learning_rate": 0.01, "bottleneck_size": 16, "epochs": 10}]
+    best = _json(run.output("Tuner", "best_hyperparameters").uri, "best_hyperparameters.txt")
+    (config_path,) = glob.glob(os.path.join(run.output("Trainer", "model").uri, "**", "adapter_config.json"),
+                               recursive=True)
+    config = _json(os.path.dirname(config_path), "adapter_config.json")
+    trainer_flags = tiny_kubeflow_run.spec.root.dag.tasks["Trainer"].inputs.parameters["custom_config"]
+    assert json.loads(trainer_flags.runtime_value.constant.string_value)["epochs"] == TRAINER_EPOCHS
+    assert config["training"]["epochs"] == best["values"]["epochs"] != TRAINER_EPOCHS
+    assert config["training"]["learning_rate"] == best["values"]["learning_rate"]
+    assert config["tuning"]["trials"] == 1
+
+
+def _json(directory: str, name: str):
+    with open(os.path.join(directory, name)) as f:
+        return json.load(f)

@@ -12,7 +12,7 @@ def item(nodeid: str, *fixtures: str) -> types.SimpleNamespace:
 
 
 def test_shared_runs_are_read_only_from_the_modules_that_share_a_worker() -> None:
-    conftest.pytest_collection_modifyitems([item("tests/test_tuner.py::test_a", "tiny_kubeflow_run"),
+    conftest.pytest_collection_modifyitems([item("tests/test_kubeflow_execution.py::test_a", "tiny_kubeflow_run"),
                                             item("tests/test_trainer.py::test_b")])
     with pytest.raises(pytest.UsageError, match="add 'tests/test_trainer.py' to SHARED_RUN_MODULES"):
         conftest.pytest_collection_modifyitems([item("tests/test_trainer.py::test_c", "tiny_mrpc_run")])

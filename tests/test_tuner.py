@@ -7,9 +7,8 @@ Then one module-scoped tuned pipeline run on tiny MRPC (tests/tiny_mrpc.py data,
   B. the same command again: the Tuner resumes the search from the trials A finished and the pipeline completes;
      the Trainer trains on all of train with the chosen settings, which reach adapter_config.json and the
      summary.
-Kubeflow: the session's shared executed spec with the Tuner (tests/tiny_kubeflow.py, which test_kubeflow_execution
-reads too) has the Tuner task feeding the Trainer, and kubeflow.launcher executed every task of it (a one-setting
-grid whose choice the Trainer used over its own --epochs flag).
+Kubeflow: test_kubeflow_execution checks the Tuner task of the session's shared executed spec (tests/tiny_kubeflow.py),
+on the worker that holds the shared runs; this module has pipeline runs of its own and runs beside it.
 """
 import glob
 import json
@@ -338,46 +337,6 @@ def test_chosen_settings_reach_the_trainer_adapter_config_and_summary(tuned) -> 
     line = results.custom_properties["summary"].string_value
     assert line.startswith("chosen: learning rate ") and "holdout f1" in line and "4 trials" in line
     assert f"tuning:    {line}" in tuned.b_stdout
-
-
-# -------------------------------------------------------------------------------------------------- Kubeflow
-
-def test_compiled_spec_has_the_tuner_task_feeding_the_trainer(tiny_kubeflow_run) -> None:
-    from google.protobuf import json_format
-
-    tasks = tiny_kubeflow_run.spec.root.dag.tasks
-    trainer_inputs = tasks["Trainer"].inputs.artifacts
-    assert trainer_inputs["hyperparameters"].task_output_artifact.producer_task == "Tuner"
-    assert trainer_inputs["hyperparameters"].task_output_artifact.output_artifact_key == "best_hyperparameters"
-    label = tiny_kubeflow_run.spec.components[tasks["Tuner"].component_ref.name].executor_label
-    executor = json_format.MessageToDict(tiny_kubeflow_run.spec.deployment_spec)["executors"][label]
-    assert "components.tuner.Executor" in json.dumps(executor)
-
-
-def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(tiny_kubeflow_run) -> None:
-    """The session's executed --tune spec (tests/tiny_kubeflow.py): a one-setting search (TRAINING's, 10 epochs)
-    where the Trainer's own flag says TRAINER_EPOCHS."""
-    from google.protobuf import json_format
-
-    from tiny_kubeflow import TRAINER_EPOCHS
-
-    run = tiny_kubeflow_run.run
-    order = [task.name for task in run.tasks]
-    assert order.index("Transform") < order.index("Tuner") < order.index("Trainer")
-    results = run.output("Tuner", "tuner_results")
-    summary = json_format.MessageToDict(results.metadata)["summary"]
-    assert summary.startswith("chosen: learning rate 0.01, bottleneck 16, 10 epochs; ") and "1 trials" in summary
-    trials = _json(results.uri, "trials.json")
-    assert [r["settings"] for r in trials] == [{"learning_rate": 0.01, "bottleneck_size": 16, "epochs": 10}]
-    best = _json(run.output("Tuner", "best_hyperparameters").uri, "best_hyperparameters.txt")
-    (config_path,) = glob.glob(os.path.join(run.output("Trainer", "model").uri, "**", "adapter_config.json"),
-                               recursive=True)
-    config = _json(os.path.dirname(config_path), "adapter_config.json")
-    trainer_flags = tiny_kubeflow_run.spec.root.dag.tasks["Trainer"].inputs.parameters["custom_config"]
-    assert json.loads(trainer_flags.runtime_value.constant.string_value)["epochs"] == TRAINER_EPOCHS
-    assert config["training"]["epochs"] == best["values"]["epochs"] != TRAINER_EPOCHS
-    assert config["training"]["learning_rate"] == best["values"]["learning_rate"]
-    assert config["tuning"]["trials"] == 1
 
 
 # ------------------------------------------------------------------------- the strategies, without training

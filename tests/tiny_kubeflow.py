@@ -5,9 +5,9 @@
 
 `python -m kubeflow.runner` compiles the shared local run's flags (same backbone, data and TRAINING) plus a search
 for file:// roots on this machine, and kubeflow.launcher executes every task of it through the container's entry
-point, each in a process of its own (forked from one warm interpreter: kubeflow/forkserver.py). Two modules read
-it: test_kubeflow_execution (every task ran as a pod runs it, and the pushed model and test predictions are the
-local run's) and test_tuner (the Tuner task searched and the Trainer used its choice). One execution serves both
+point, each in a process of its own (forked from one warm interpreter: kubeflow/forkserver.py). test_kubeflow_execution
+reads it: every task ran as a pod runs it, the pushed model and test predictions are the local run's, and the Tuner
+task searched and the Trainer used its choice. One execution serves both
 because the search is built to choose TRAINING's own setting while the Trainer's flag says otherwise:
   - a one-setting grid, TRAINING's learning rate, bottleneck and 10 epochs (a search of two or more settings
     would choose by the holdout F1 of 16 rows, which is noise for this tiny model: the Trainer would train
