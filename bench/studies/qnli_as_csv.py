@@ -9,6 +9,12 @@ of the shuffled order (rounded down) go to eval, the rest to train, each file ke
 Both are written as CSV (header question,sentence,label; Python's csv quoting, so the commas and quotes
 of Wikipedia sentences are quoted), with a task spec naming them: a pair task, labels entailment /
 not_entailment, accuracy deciding blessing.
+
+`--train_rows N` keeps only the first N rows of train (eval unchanged): a user with few labelled examples, where
+the fixed recipe may not learn and `--tune` decides (docs/tuning.md):
+
+    python -m bench.studies.qnli_as_csv --out_dir outputs/qnli200 --train_rows 200
+    python -m pipeline.run --task_spec outputs/qnli200/qnli-dev.yaml --tune --tune_strategy hyperband
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ SEED = 13
 EVAL_FRACTION = 0.2
 COLUMNS = ("question", "sentence", "label")
 SPEC = """\
-# GLUE QNLI's labelled dev file split into train and eval by bench/studies/qnli_as_csv.py (seed {seed}).
+# GLUE QNLI's labelled dev file split into train and eval by bench/studies/qnli_as_csv.py (seed {seed}{kept}).
 name: qnli-dev
 format: csv
 files: {{train: train.csv, eval: eval.csv}}
@@ -62,17 +68,21 @@ def write_csv(path: str, rows: Sequence[Sequence[str]]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", required=True, help="where train.csv, eval.csv and qnli-dev.yaml go")
+    parser.add_argument("--train_rows", type=int, help="keep only the first N rows of train (default: all)")
     args = parser.parse_args(argv)
+    if args.train_rows is not None and args.train_rows < 1:
+        parser.error(f"--train_rows {args.train_rows}: expected a positive number of rows")
     rows = read_rows(glue_file_or_exit("QNLI", "dev.tsv"))
     eval_rows = set(split(len(rows)))
+    train = [r for i, r in enumerate(rows) if i not in eval_rows][:args.train_rows]
     os.makedirs(args.out_dir, exist_ok=True)
-    write_csv(os.path.join(args.out_dir, "train.csv"), [r for i, r in enumerate(rows) if i not in eval_rows])
+    write_csv(os.path.join(args.out_dir, "train.csv"), train)
     write_csv(os.path.join(args.out_dir, "eval.csv"), [r for i, r in enumerate(rows) if i in eval_rows])
     spec = os.path.join(args.out_dir, "qnli-dev.yaml")
+    kept = "" if args.train_rows is None else f"; the first {len(train)} rows of train"
     with open(spec, "w", encoding="utf-8") as f:
-        f.write(SPEC.format(seed=SEED))
-    print(f"{len(rows) - len(eval_rows)} train and {len(eval_rows)} eval rows; run: "
-          f"python -m pipeline.run --task_spec {spec}")
+        f.write(SPEC.format(seed=SEED, kept=kept))
+    print(f"{len(train)} train and {len(eval_rows)} eval rows; run: python -m pipeline.run --task_spec {spec}")
 
 
 if __name__ == "__main__":
