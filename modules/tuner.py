@@ -53,6 +53,8 @@ TUNING_KEY = "tuning"  # the Tuner's custom_config: TuningConfig.to_dict()
 RECORD_FILE = "record.json"  # in each trial's directory: settings, holdout metric per epoch, wall time
 HOLDOUT_FILE = "holdout.json"  # in the search directory: the holdout's rows per stratum and their digest
 HASH_SALT = 0x686F6C646F7574  # "holdout": the second half of the seeded hash key
+# Above this standard error (points of accuracy; 100 examples) the Tuner warns that its holdout is too small.
+NOISY_HOLDOUT_POINTS = 5.0
 
 
 def example_keys(features: Dict[str, tf.Tensor], seed: int) -> tf.Tensor:
@@ -249,6 +251,21 @@ def describe_settings(settings: Dict[str, Any]) -> str:
     return ", ".join(parts[name].format(settings[name]) for name in TUNED_FIELDS if name in settings)
 
 
+def accuracy_standard_error(examples: int) -> float:
+    """One standard error, in points, of an accuracy near 0.5 measured on `examples` examples."""
+    return 50 / examples ** 0.5
+
+
+def holdout_resolution(examples: int) -> str:
+    """What a holdout of this size can tell apart, and the flag to act on when that is little."""
+    error = accuracy_standard_error(examples)
+    text = (f"holdout of {examples} examples: one standard error of an accuracy near 0.5 on it is {error:.1f} points, "
+            f"so trials closer than about {2 * error:.0f} points are not told apart")
+    if error > NOISY_HOLDOUT_POINTS:
+        text += "; a larger --holdout_fraction (or more training data) makes the choice less of a coin toss"
+    return text
+
+
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     """Entry point of the TFX Tuner component: the search of the Tuner's custom_config over its train split."""
     custom = fn_args.custom_config
@@ -257,8 +274,11 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     feature_spec = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_feature_spec()
     holdout = Holdout.carve(fn_args.train_files, feature_spec, task, tuning.holdout_fraction, config.seed)
     directory = os.path.join(custom[SEARCH_ROOT_KEY], search_key(holdout.train_digest, custom))
+    examples = holdout.to_dict()["holdout_examples"]
     logging.info("search in %s; holdout: %d of %d training examples (seed %d)", directory,
-                 holdout.to_dict()["holdout_examples"], sum(h + t for h, t in holdout.counts.values()), config.seed)
+                 examples, sum(h + t for h, t in holdout.counts.values()), config.seed)
+    (logging.warning if accuracy_standard_error(examples) > NOISY_HOLDOUT_POINTS else logging.info)(
+        holdout_resolution(examples))
     tuner = AdapterTuner(make_oracle(tuning, task, config.seed), os.path.dirname(directory), os.path.basename(directory),
                          config, tuning, fn_args.train_files, feature_spec, holdout)
     with tf.io.gfile.GFile(os.path.join(tuner.project_dir, HOLDOUT_FILE), "w") as f:
@@ -282,11 +302,12 @@ def search_summary(tuner: AdapterTuner) -> Dict[str, Any]:
 
 
 def describe_search(summary: Dict[str, Any]) -> str:
-    """E.g. "chosen: learning rate 0.0003, bottleneck 64, 20 epochs; holdout f1 0.8710; 18 trials (5 stopped
-    early), 1 h 12 min"."""
+    """E.g. "chosen: learning rate 0.0003, bottleneck 64, 20 epochs; holdout f1 0.8710 on 367 examples; 18 trials
+    (5 stopped early), 1 h 12 min"."""
     minutes = round(summary["seconds"] / 60)
     took = (f"{summary['seconds']:.0f} s" if summary["seconds"] < 60
             else f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
     stopped = f" ({summary['stopped_early']} stopped early)" if summary["stopped_early"] else ""
     return (f"chosen: {describe_settings(summary['chosen'])}; {summary['metric'].replace('_', ' ')} "
-            f"{summary['score']:.4f}; {summary['trials']} trials{stopped}, {took}")
+            f"{summary['score']:.4f} on {summary['holdout']['holdout_examples']} examples; {summary['trials']} "
+            f"trials{stopped}, {took}")

@@ -170,6 +170,17 @@ def test_holdout_is_seeded_stratified_disjoint_and_independent_of_row_order(tran
     assert not set(_keys([transformed.eval])) & set(inside + outside)
 
 
+def test_a_small_holdout_is_called_out_naming_the_flag() -> None:
+    """RTE's 249-example holdout tells apart about 6 points of accuracy; a 200-row dataset's 20 about 22, which the
+    Tuner logs as a warning naming --holdout_fraction."""
+    from modules.tuner import holdout_resolution
+
+    assert holdout_resolution(249) == ("holdout of 249 examples: one standard error of an accuracy near 0.5 on it is "
+                                       "3.2 points, so trials closer than about 6 points are not told apart")
+    small = holdout_resolution(20)
+    assert "11.2 points" in small and "about 22 points" in small and "--holdout_fraction" in small
+
+
 def test_early_stopping_stops_a_trial_whose_holdout_metric_stopped_improving() -> None:
     from modules.glue import get_task
     from modules.trainer import ProgressLogger
@@ -336,6 +347,8 @@ def test_chosen_settings_reach_the_trainer_adapter_config_and_summary(tuned) -> 
     assert "training mrpc on 64 examples" in tuned.b_log
     line = results.custom_properties["summary"].string_value
     assert line.startswith("chosen: learning rate ") and "holdout f1" in line and "4 trials" in line
+    assert " on 16 examples; " in line  # the holdout's size, next to its score
+    assert re.search(r"WARNING.*holdout of 16 examples: one standard error", tuned.b_log)
     assert f"tuning:    {line}" in tuned.b_stdout
 
 
