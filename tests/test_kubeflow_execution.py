@@ -34,6 +34,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
 from kubeflow import launcher
 from test_pipeline_e2e import QUERIES, serialized_examples
+from test_tuner import read_json
 from tiny_kubeflow import compile_spec, served_versions
 from tiny_mrpc import EVAL_ROWS
 
@@ -244,19 +245,14 @@ def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(t
     results = run.output("Tuner", "tuner_results")
     summary = json_format.MessageToDict(results.metadata)["summary"]
     assert summary.startswith("chosen: learning rate 0.01, bottleneck 16, 10 epochs; ") and "1 trials" in summary
-    trials = _json(results.uri, "trials.json")
+    trials = read_json(results.uri, "trials.json")
     assert [r["settings"] for r in trials] == [{"learning_rate": 0.01, "bottleneck_size": 16, "epochs": 10}]
-    best = _json(run.output("Tuner", "best_hyperparameters").uri, "best_hyperparameters.txt")
+    best = read_json(run.output("Tuner", "best_hyperparameters").uri, "best_hyperparameters.txt")
     (config_path,) = glob.glob(os.path.join(run.output("Trainer", "model").uri, "**", "adapter_config.json"),
                                recursive=True)
-    config = _json(os.path.dirname(config_path), "adapter_config.json")
+    config = read_json(os.path.dirname(config_path), "adapter_config.json")
     trainer_flags = tiny_kubeflow_run.spec.root.dag.tasks["Trainer"].inputs.parameters["custom_config"]
     assert json.loads(trainer_flags.runtime_value.constant.string_value)["epochs"] == TRAINER_EPOCHS
     assert config["training"]["epochs"] == best["values"]["epochs"] != TRAINER_EPOCHS
     assert config["training"]["learning_rate"] == best["values"]["learning_rate"]
     assert config["tuning"]["trials"] == 1
-
-
-def _json(directory: str, name: str):
-    with open(os.path.join(directory, name)) as f:
-        return json.load(f)

@@ -269,7 +269,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory, inputs: types.SimpleNamespac
                                  b_stdout=result.stdout, a=records[0], b=records[1], timings=timings)
 
 
-def _json(directory: str, name: str):
+def read_json(directory: str, name: str):
     with open(os.path.join(directory, name)) as f:
         return json.load(f)
 
@@ -291,7 +291,7 @@ def _tuner_outputs(tuned: types.SimpleNamespace):
 
 def test_every_trial_is_recorded_with_settings_holdout_metric_per_epoch_and_time(tuned) -> None:
     results, _ = _tuner_outputs(tuned)
-    trials = _json(results.uri, "trials.json")
+    trials = read_json(results.uri, "trials.json")
     assert sorted(r["trial_id"] for r in trials) == ["0", "1", "2", "3"]  # the whole 2 x 1 x 2 grid
     settings = {(r["settings"]["learning_rate"], r["settings"]["epochs"]) for r in trials}
     assert settings == {(0.01, 2), (0.01, 4), (0.0001, 2), (0.0001, 4)}
@@ -302,13 +302,13 @@ def test_every_trial_is_recorded_with_settings_holdout_metric_per_epoch_and_time
         assert record["stopped_early"] == (record["epochs_run"] < record["settings"]["epochs"])
         events = os.listdir(os.path.join(results.uri, "tensorboard", f"trial_{record['trial_id']}", "glue"))
         assert any(name.startswith("events.out.tfevents") for name in events)
-    assert [r["trial_id"] for r in _json(results.uri, "tuner_results.json")][0] == \
+    assert [r["trial_id"] for r in read_json(results.uri, "tuner_results.json")][0] == \
         max(trials, key=lambda r: r["holdout_f1"])["trial_id"]
 
 
 def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> None:
     results, _ = _tuner_outputs(tuned)
-    holdout = _json(results.uri, "holdout.json")
+    holdout = read_json(results.uri, "holdout.json")
     assert holdout["seed"] == 42 and holdout["fraction"] == 0.25
     assert holdout["holdout_examples"] + holdout["training_examples"] == 64
     assert holdout["per_stratum"] == {"0": {"holdout": 8, "train": 24}, "1": {"holdout": 8, "train": 24}}
@@ -332,13 +332,13 @@ def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> 
 
 def test_chosen_settings_reach_the_trainer_adapter_config_and_summary(tuned) -> None:
     results, best_uri = _tuner_outputs(tuned)
-    best = _json(best_uri, "best_hyperparameters.txt")
+    best = read_json(best_uri, "best_hyperparameters.txt")
     chosen = {k: best["values"][k] for k in ("learning_rate", "bottleneck_size", "epochs")}
-    trials = _json(results.uri, "trials.json")
+    trials = read_json(results.uri, "trials.json")
     winner = max(trials, key=lambda r: r["holdout_f1"])
     assert chosen == winner["settings"] and best["search"]["trials"] == 4
     (config_path,) = glob.glob(os.path.join(tuned.b.output("Model").uri, "**", "adapter_config.json"), recursive=True)
-    config = _json(os.path.dirname(config_path), "adapter_config.json")
+    config = read_json(os.path.dirname(config_path), "adapter_config.json")
     assert config["adapter"]["bottleneck_size"] == chosen["bottleneck_size"]
     assert {k: config["training"][k] for k in ("learning_rate", "epochs")} == {
         "learning_rate": chosen["learning_rate"], "epochs": chosen["epochs"]}
