@@ -14,8 +14,8 @@ beaten its best for that many epochs; its score is then its last epoch's.
 Hyperband treats the epochs as its budget: each trial trains from scratch for its `tuner/epochs` (KerasTuner's
 own Tuner would continue an earlier trial's weights, whose schedule was made for fewer epochs).
 
-The search lives in a stable directory, <search_root>/<key>, the key a digest of the transformed train files
-and the Tuner's settings: a killed search resumes there (KerasTuner reloads its oracle and reruns the trial
+The search lives in a stable directory, <search_root>/<key>, the key a digest of the training data (not of
+the files holding it) and the Tuner's settings: a killed search resumes there (KerasTuner reloads its oracle and reruns the trial
 that was running), and a different search never reuses it.
 """
 from __future__ import annotations
