@@ -6,9 +6,10 @@ This one writes, to the same two artifacts:
       fn_args.hyperparameters) plus "search": the search's summary, which the Trainer writes into
       adapter_config.json;
   tuner_results/tuner_results.json  TFX's format (completed trials, best first: trial_id, score, values);
-  tuner_results/trials.json         every finished trial's settings, holdout metric per epoch, epochs run
-      (stopped early or not) and wall time, this run's and those a killed run finished before;
-  tuner_results/holdout.json        the holdout: seed, fraction, examples per stratum, digest of its rows;
+  tuner_results/trials.json         every finished trial's settings, score and wall time, and per fold (one
+      without --tune_folds) its holdout metric per epoch and epochs run (stopped early or not); this run's
+      trials and those a killed run finished before;
+  tuner_results/holdout.json        the holdout: seed, fraction, per fold its examples per stratum and digest;
   tuner_results/tensorboard/trial_<id>/  each trial's TensorBoard events (holdout metrics per epoch);
 and the one-line summary as the TunerResults artifact's "summary" custom property (the run summary prints it).
 """

@@ -153,6 +153,8 @@ class TuningConfig:
     # Trials at most; None: the whole grid (grid, random), Hyperband's first bracket (hyperband).
     max_trials: Optional[int] = None
     holdout_fraction: float = 0.1  # of each class of train (regression: of each integer score), seeded by --seed
+    # 1: that one holdout; K >= 2: K folds of train (each 1/K), every trial trains once per fold and scores the mean.
+    folds: int = 1
     patience: int = 3  # stop a trial after this many epochs without a better holdout score; 0: never
     hyperband_factor: int = 3
 
@@ -174,6 +176,11 @@ class TuningConfig:
             raise ValueError(f"--tune_max_trials must be a positive integer, got {self.max_trials!r}.")
         if not 0 < self.holdout_fraction <= 0.5:
             raise ValueError(f"--holdout_fraction must be in (0, 0.5], got {self.holdout_fraction!r}.")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 1:
+            raise ValueError(f"--tune_folds must be an integer >= 1 (1: one holdout), got {self.folds!r}.")
+        if self.folds > 1 and self.holdout_fraction != TuningConfig.holdout_fraction:
+            raise ValueError(f"--holdout_fraction {self.holdout_fraction} sets one holdout, --tune_folds {self.folds} "
+                             f"makes {self.folds} folds of 1/{self.folds} of train each: give one of the two.")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"--tune_patience must be an integer >= 0 (0: no early stopping), got {self.patience!r}.")
         if not isinstance(self.hyperband_factor, int) or self.hyperband_factor < 2:

@@ -3,7 +3,9 @@
 `tuner_fn` is what the Tuner component calls (components/tuner.py runs it and publishes the search). Every
 trial trains with modules/trainer.py's `train` (same datasets, model, optimizer, schedule and seed as the
 Trainer) on train minus a holdout, and is scored on that holdout: a part of train carved per class, seeded by
---seed, never the eval split that decides blessing. The Trainer then trains on all of train with the best
+--seed, never the eval split that decides blessing. With --tune_folds K the holdouts are K folds that partition
+train (K-fold cross-validation): a trial trains K times and scores the mean, so every example scores it, which a
+small dataset's single holdout cannot afford. The Trainer then trains on all of train with the best
 trial's settings, so the eval score stays an unbiased estimate.
 
 A trial's score is the holdout's main metric after its last epoch: the model the Trainer reproduces with the
@@ -15,8 +17,8 @@ Hyperband treats the epochs as its budget: each trial trains from scratch for it
 own Tuner would continue an earlier trial's weights, whose schedule was made for fewer epochs).
 
 The search lives in a stable directory, <search_root>/<key>, the key a digest of the training data (not of
-the files holding it) and the Tuner's settings: a killed search resumes there (KerasTuner reloads its oracle and reruns the trial
-that was running), and a different search never reuses it.
+the files holding it) and the Tuner's settings: a killed search resumes there (KerasTuner reloads its oracle and
+reruns the trial that was running), and a different search never reuses it.
 """
 from __future__ import annotations
 
@@ -70,19 +72,28 @@ def strata(labels: np.ndarray, task: GlueTask) -> np.ndarray:
     return np.rint(labels).astype(np.int64) if task.is_regression else labels.astype(np.int64)
 
 
+def fold_start(fold: int, fraction: float, n: int) -> int:
+    """Where fold `fold` starts among a stratum's n distinct examples in hash order (fold 1: where a single
+    holdout ends). A stratum of 2 or more gives fold 0 at least one example, a stratum of 1 none."""
+    return 0 if fold == 0 or n < 2 else min(n, max(1, round(fold * fraction * n)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Holdout:
     """The part of train that scores the trials: in each stratum, the `fraction` of distinct examples with the
-    smallest seeded hashes. Same files and seed: the same rows; identical examples fall on the same side."""
+    smallest seeded hashes; fold k of K (fraction 1/K) the next `fraction` after k of them, so the K folds partition
+    train. Same data and seed: the same rows; identical examples fall on the same side."""
 
     seed: int
     fraction: float
+    fold: int
     keys: Tuple[int, ...]  # sorted example_keys of the holdout
     counts: Dict[str, Tuple[int, int]]  # stratum -> (holdout examples, training examples left)
     train_digest: str  # of every training example's key and label: the data, whatever files hold it
 
     @classmethod
-    def carve(cls, train_files: List[str], feature_spec: Dict, task: GlueTask, fraction: float, seed: int) -> "Holdout":
+    def carve(cls, train_files: List[str], feature_spec: Dict, task: GlueTask, fraction: float, seed: int,
+              fold: int = 0) -> "Holdout":
         examples = read_transformed(train_files, feature_spec).batch(1024)
         keys, labels = [], []
         for batch in examples:
@@ -97,14 +108,15 @@ class Holdout:
         chosen, counts = [], {}
         for stratum in np.unique(strata_):
             distinct = np.unique(keys_[strata_ == stratum])  # sorted
-            size = 0 if len(distinct) < 2 else max(1, int(round(fraction * len(distinct))))
-            chosen.extend(distinct[:size].tolist())
-            inside = np.isin(keys_[strata_ == stratum], distinct[:size])
+            selected = distinct[fold_start(fold, fraction, len(distinct)):fold_start(fold + 1, fraction, len(distinct))]
+            chosen.extend(selected.tolist())
+            inside = np.isin(keys_[strata_ == stratum], selected)
             counts[str(int(stratum))] = (int(inside.sum()), int((~inside).sum()))
         if not chosen:
-            raise ValueError(f"--holdout_fraction {fraction}: {len(keys_)} training examples leave no holdout (a class "
-                             "needs 2 distinct examples to give one).")
-        return cls(seed=seed, fraction=fraction, keys=tuple(sorted(set(chosen))), counts=counts,
+            raise ValueError(f"holdout {fold} of fraction {fraction}: {len(keys_)} training examples leave it empty (a "
+                             "class needs 2 distinct examples to give one): use a larger --holdout_fraction or fewer "
+                             "--tune_folds.")
+        return cls(seed=seed, fraction=fraction, fold=fold, keys=tuple(sorted(set(chosen))), counts=counts,
                    train_digest=digest.hexdigest())
 
     def row_filters(self) -> Tuple[RowFilter, RowFilter]:
@@ -121,11 +133,26 @@ class Holdout:
     def digest(self) -> str:
         return hashlib.sha256(",".join(map(str, self.keys)).encode()).hexdigest()
 
+    def examples(self) -> int:
+        return sum(h for h, _ in self.counts.values())
+
     def to_dict(self) -> Dict[str, Any]:
-        return {"seed": self.seed, "fraction": self.fraction, "digest": self.digest(), "train_digest": self.train_digest,
-                "holdout_examples": sum(h for h, _ in self.counts.values()),
+        return {"fold": self.fold, "digest": self.digest(), "holdout_examples": self.examples(),
                 "training_examples": sum(t for _, t in self.counts.values()),
                 "per_stratum": {k: {"holdout": h, "train": t} for k, (h, t) in self.counts.items()}}
+
+
+def carve_holdouts(train_files: List[str], feature_spec: Dict, task: GlueTask, tuning: TuningConfig,
+                   seed: int) -> List[Holdout]:
+    """One holdout of --holdout_fraction, or with --tune_folds K the K folds (each 1/K of every stratum)."""
+    fraction = 1 / tuning.folds if tuning.folds > 1 else tuning.holdout_fraction
+    return [Holdout.carve(train_files, feature_spec, task, fraction, seed, fold) for fold in range(tuning.folds)]
+
+
+def describe_holdouts(holdouts: List[Holdout]) -> Dict[str, Any]:
+    """What holdout.json records: seed, fraction, the examples scoring a trial, and each fold's rows."""
+    return {"seed": holdouts[0].seed, "fraction": holdouts[0].fraction, "train_digest": holdouts[0].train_digest,
+            "holdout_examples": sum(h.examples() for h in holdouts), "folds": [h.to_dict() for h in holdouts]}
 
 
 def objective_name(task: GlueTask) -> str:
@@ -201,13 +228,14 @@ def search_key(train_digest: str, custom_config: Dict[str, Any]) -> str:
 
 
 class AdapterTuner(BaseTuner):
-    """Runs each trial with modules/trainer.py's `train` on train minus the holdout, scored on the holdout."""
+    """Runs each trial with modules/trainer.py's `train` on train minus a holdout, scored on that holdout; with
+    folds, once per fold, scored by the mean."""
 
     def __init__(self, oracle: keras_tuner.Oracle, directory: str, project_name: str, config: TrainingConfig,
-                 tuning: TuningConfig, train_files: List[str], feature_spec: Dict, holdout: Holdout):
+                 tuning: TuningConfig, train_files: List[str], feature_spec: Dict, holdouts: List[Holdout]):
         super().__init__(oracle, directory=directory, project_name=project_name, overwrite=False)
         self.config, self.tuning, self.train_files, self.feature_spec = config, tuning, train_files, feature_spec
-        self.holdout = holdout
+        self.holdouts = holdouts
 
     def run_trial(self, trial: Trial, *args, **kwargs) -> Dict[str, float]:
         settings = tuned_settings({"values": trial.hyperparameters.values})
@@ -218,20 +246,26 @@ class AdapterTuner(BaseTuner):
         if tf.io.gfile.exists(log_dir):  # a killed attempt's events
             tf.io.gfile.rmtree(log_dir)
         logging.info("trial %s: %s", trial.trial_id, describe_settings(settings))
-        keras.backend.clear_session()  # the previous trial's model
-        train_rows, holdout_rows = self.holdout.row_filters()
-        start = time.time()
-        _, history = train(config, self.train_files, self.train_files, self.feature_spec, log_dir,
-                           train_rows=train_rows, eval_rows=holdout_rows, eval_name=HOLDOUT,
-                           patience=self.tuning.patience)
-        objective = objective_name(task)
-        record = {"trial_id": trial.trial_id, "settings": settings, "epochs_run": len(history),
-                  "stopped_early": len(history) < config.epochs, "seconds": time.time() - start,
-                  objective: history[-1][objective], "history": history}
+        objective, folds, start = objective_name(task), [], time.time()
+        for holdout in self.holdouts:
+            keras.backend.clear_session()  # the previous training's model
+            train_rows, holdout_rows = holdout.row_filters()
+            fold_log_dir = log_dir if len(self.holdouts) == 1 else os.path.join(log_dir, f"fold_{holdout.fold}")
+            _, history = train(config, self.train_files, self.train_files, self.feature_spec, fold_log_dir,
+                               train_rows=train_rows, eval_rows=holdout_rows, eval_name=HOLDOUT,
+                               patience=self.tuning.patience)
+            folds.append({"fold": holdout.fold, "epochs_run": len(history), objective: history[-1][objective],
+                          "stopped_early": len(history) < config.epochs, "history": history})
+        record = {"trial_id": trial.trial_id, "settings": settings,
+                  objective: float(np.mean([fold[objective] for fold in folds])),
+                  "stopped_early": any(fold["stopped_early"] for fold in folds), "seconds": time.time() - start,
+                  "folds": folds}
         with tf.io.gfile.GFile(os.path.join(trial_dir, RECORD_FILE), "w") as f:
             json.dump(record, f, indent=2)
-        logging.info("trial %s done: %s %.4f after %d epochs%s, %.0f s", trial.trial_id, objective, record[objective],
-                     len(history), " (stopped early)" if record["stopped_early"] else "", record["seconds"])
+        epochs = "+".join(str(f["epochs_run"]) for f in folds)
+        logging.info("trial %s done: %s %.4f%s after %s epochs%s, %.0f s", trial.trial_id, objective, record[objective],
+                     f" (mean of {len(folds)} folds)" if len(folds) > 1 else "", epochs,
+                     " (stopped early)" if record["stopped_early"] else "", record["seconds"])
         return {objective: record[objective]}
 
     def trial_records(self) -> List[Dict[str, Any]]:
@@ -257,12 +291,13 @@ def accuracy_standard_error(examples: int) -> float:
 
 
 def holdout_resolution(examples: int) -> str:
-    """What a holdout of this size can tell apart, and the flag to act on when that is little."""
+    """What a holdout (all folds together) of this size can tell apart, and the flags to act on when that is little."""
     error = accuracy_standard_error(examples)
     text = (f"holdout of {examples} examples: one standard error of an accuracy near 0.5 on it is {error:.1f} points, "
             f"so trials closer than about {2 * error:.0f} points are not told apart")
     if error > NOISY_HOLDOUT_POINTS:
-        text += "; a larger --holdout_fraction (or more training data) makes the choice less of a coin toss"
+        text += ("; a larger --holdout_fraction, --tune_folds (every example scores, each trial trains once per "
+                 "fold) or more training data makes the choice less of a coin toss")
     return text
 
 
@@ -272,17 +307,18 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     config, tuning = TrainingConfig.from_dict(custom), TuningConfig.from_dict(custom[TUNING_KEY])
     task = config.task_description()
     feature_spec = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_feature_spec()
-    holdout = Holdout.carve(fn_args.train_files, feature_spec, task, tuning.holdout_fraction, config.seed)
-    directory = os.path.join(custom[SEARCH_ROOT_KEY], search_key(holdout.train_digest, custom))
-    examples = holdout.to_dict()["holdout_examples"]
-    logging.info("search in %s; holdout: %d of %d training examples (seed %d)", directory,
-                 examples, sum(h + t for h, t in holdout.counts.values()), config.seed)
+    holdouts = carve_holdouts(fn_args.train_files, feature_spec, task, tuning, config.seed)
+    directory = os.path.join(custom[SEARCH_ROOT_KEY], search_key(holdouts[0].train_digest, custom))
+    examples = sum(h.examples() for h in holdouts)
+    logging.info("search in %s; holdout: %d of %d training examples%s (seed %d)", directory, examples,
+                 sum(h + t for h, t in holdouts[0].counts.values()),
+                 f" in {len(holdouts)} folds" if len(holdouts) > 1 else "", config.seed)
     (logging.warning if accuracy_standard_error(examples) > NOISY_HOLDOUT_POINTS else logging.info)(
         holdout_resolution(examples))
-    tuner = AdapterTuner(make_oracle(tuning, task, config.seed), os.path.dirname(directory), os.path.basename(directory),
-                         config, tuning, fn_args.train_files, feature_spec, holdout)
+    tuner = AdapterTuner(make_oracle(tuning, task, config.seed), os.path.dirname(directory),
+                         os.path.basename(directory), config, tuning, fn_args.train_files, feature_spec, holdouts)
     with tf.io.gfile.GFile(os.path.join(tuner.project_dir, HOLDOUT_FILE), "w") as f:
-        json.dump(holdout.to_dict(), f, indent=2)
+        json.dump(describe_holdouts(holdouts), f, indent=2)
     return TunerFnResult(tuner=tuner, fit_kwargs={})
 
 
@@ -298,16 +334,17 @@ def search_summary(tuner: AdapterTuner) -> Dict[str, Any]:
     return {"metric": objective_name(task), "score": best.score, "best_trial": best.trial_id,
             "chosen": tuned_settings(best.hyperparameters.get_config()), "strategy": tuner.tuning.strategy,
             "trials": len(records), "stopped_early": sum(r["stopped_early"] for r in records),
-            "seconds": sum(r["seconds"] for r in records), "holdout": tuner.holdout.to_dict()}
+            "seconds": sum(r["seconds"] for r in records), "holdout": describe_holdouts(tuner.holdouts)}
 
 
 def describe_search(summary: Dict[str, Any]) -> str:
     """E.g. "chosen: learning rate 0.0003, bottleneck 64, 20 epochs; holdout f1 0.8710 on 367 examples; 18 trials
-    (5 stopped early), 1 h 12 min"."""
+    (5 stopped early), 1 h 12 min"; with folds "... holdout f1 0.8710 (mean of 5 folds) on 3668 examples; ..."."""
     minutes = round(summary["seconds"] / 60)
     took = (f"{summary['seconds']:.0f} s" if summary["seconds"] < 60
             else f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
     stopped = f" ({summary['stopped_early']} stopped early)" if summary["stopped_early"] else ""
+    folds = len(summary["holdout"]["folds"])
     return (f"chosen: {describe_settings(summary['chosen'])}; {summary['metric'].replace('_', ' ')} "
-            f"{summary['score']:.4f} on {summary['holdout']['holdout_examples']} examples; {summary['trials']} "
-            f"trials{stopped}, {took}")
+            f"{summary['score']:.4f}{f' (mean of {folds} folds)' if folds > 1 else ''} on "
+            f"{summary['holdout']['holdout_examples']} examples; {summary['trials']} trials{stopped}, {took}")

@@ -133,6 +133,9 @@ def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--holdout_fraction", type=float, default=defaults.holdout_fraction,
                         help="share of each class of train that scores the trials, chosen by --seed "
                              "(default %(default)s)")
+    tuning.add_argument("--tune_folds", type=int, default=defaults.folds, metavar="K",
+                        help="score each trial by K-fold cross-validation on train instead of one holdout: K "
+                             "trainings per trial, every example scores (for small datasets; default %(default)s)")
     tuning.add_argument("--tune_patience", type=int, default=defaults.patience, metavar="EPOCHS",
                         help="stop a trial after this many epochs without a better holdout score; 0: never "
                              "(default %(default)s)")
@@ -146,7 +149,7 @@ def tuning_config(args: argparse.Namespace, config: TrainingConfig) -> Optional[
     tuning = TuningConfig(
         learning_rates=args.tune_learning_rates, bottleneck_sizes=args.tune_bottleneck_sizes, epochs=args.tune_epochs,
         strategy=args.tune_strategy, max_trials=args.tune_max_trials, holdout_fraction=args.holdout_fraction,
-        patience=args.tune_patience, hyperband_factor=args.hyperband_factor)
+        folds=args.tune_folds, patience=args.tune_patience, hyperband_factor=args.hyperband_factor)
     if not args.tune:
         if tuning != defaults:
             changed = [f.name for f in dataclasses.fields(TuningConfig)

@@ -247,6 +247,10 @@ def test_kubeflow_launcher_executes_the_search_and_the_trainer_uses_its_choice(t
     assert summary.startswith("chosen: learning rate 0.01, bottleneck 16, 10 epochs; ") and "1 trials" in summary
     trials = read_json(results.uri, "trials.json")
     assert [r["settings"] for r in trials] == [{"learning_rate": 0.01, "bottleneck_size": 16, "epochs": 10}]
+    # One holdout (--holdout_fraction 0.25 of 64 rows), not folds: the trial trained once.
+    holdout = read_json(results.uri, "holdout.json")
+    assert holdout["fraction"] == 0.25 and holdout["holdout_examples"] == 16 and len(trials[0]["folds"]) == 1
+    assert " on 16 examples; " in summary
     best = read_json(run.output("Tuner", "best_hyperparameters").uri, "best_hyperparameters.txt")
     (config_path,) = glob.glob(os.path.join(run.output("Trainer", "model").uri, "**", "adapter_config.json"),
                                recursive=True)

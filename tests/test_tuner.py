@@ -31,8 +31,9 @@ from tiny_mrpc import EVAL_ROWS, TASK, TRAIN_ROWS, TRAINING, write_mrpc
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TIMEOUT = 900
 # After TRAINING (argparse keeps the last value): 2 learning rates x 1 bottleneck x 2 epoch counts = 4 trials.
+# Two folds: every trial trains twice (the single holdout's path runs in test_kubeflow_execution's Tuner task).
 TUNE = ["--tune", "--tune_learning_rates", "0.01,0.0001", "--tune_bottleneck_sizes", "16", "--tune_epochs", "2,4",
-        "--holdout_fraction", "0.25", "--tune_patience", "1"]
+        "--tune_folds", "2", "--tune_patience", "1"]
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -43,6 +44,8 @@ TUNE = ["--tune", "--tune_learning_rates", "0.01,0.0001", "--tune_bottleneck_siz
     (["--tune", "--tune_epochs", "3,3"], "--tune_epochs lists a value twice"),
     (["--tune", "--holdout_fraction", "0.7"], "--holdout_fraction must be in (0, 0.5]"),
     (["--tune", "--tune_patience", "-1"], "--tune_patience must be an integer >= 0"),
+    (["--tune", "--tune_folds", "0"], "--tune_folds must be an integer >= 1"),
+    (["--tune", "--tune_folds", "5", "--holdout_fraction", "0.2"], "give one of the two"),
     (["--tune", "--tune_max_trials", "0"], "--tune_max_trials must be a positive integer"),
     (["--tune", "--hyperband_factor", "1"], "--hyperband_factor must be an integer >= 2"),
     (["--tune_epochs", "3"], "were given without --tune"),
@@ -170,6 +173,27 @@ def test_holdout_is_seeded_stratified_disjoint_and_independent_of_row_order(tran
     assert not set(_keys([transformed.eval])) & set(inside + outside)
 
 
+def test_folds_partition_train_per_class_and_the_first_fold_is_the_single_holdout(transformed) -> None:
+    from modules.config import TuningConfig
+    from modules.glue import get_task
+    from modules.tuner import Holdout, carve_holdouts
+
+    task = get_task("mrpc")
+    folds = carve_holdouts([transformed.train], FEATURE_SPEC, task, TuningConfig(folds=3), seed=7)
+    assert [h.fold for h in folds] == [0, 1, 2] and all(h.fraction == 1 / 3 for h in folds)
+    assert [h.counts for h in folds] == [{"0": (67, 133), "1": (33, 67)}, {"0": (66, 134), "1": (34, 66)},
+                                         {"0": (67, 133), "1": (33, 67)}]
+    keys = [set(h.keys) for h in folds]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    assert set.union(*keys) == set(_keys([transformed.train]))  # every example scores once
+    for holdout in folds:  # each fold's trainings see the other two folds, never their own
+        train_rows, holdout_rows = holdout.row_filters()
+        assert _keys([transformed.train], holdout_rows) == list(holdout.keys)
+        assert set(_keys([transformed.train], train_rows)) == set.union(*keys) - set(holdout.keys)
+    # Fold 0 is the holdout of the same fraction: the hash order is one, folds cut it in 1/K pieces.
+    assert folds[0].keys == Holdout.carve([transformed.train], FEATURE_SPEC, task, 1 / 3, seed=7).keys
+
+
 def test_a_small_holdout_is_called_out_naming_the_flag() -> None:
     """RTE's 249-example holdout tells apart about 6 points of accuracy; a 200-row dataset's 20 about 22, which the
     Tuner logs as a warning naming --holdout_fraction."""
@@ -178,7 +202,8 @@ def test_a_small_holdout_is_called_out_naming_the_flag() -> None:
     assert holdout_resolution(249) == ("holdout of 249 examples: one standard error of an accuracy near 0.5 on it is "
                                        "3.2 points, so trials closer than about 6 points are not told apart")
     small = holdout_resolution(20)
-    assert "11.2 points" in small and "about 22 points" in small and "--holdout_fraction" in small
+    assert "11.2 points" in small and "about 22 points" in small
+    assert "--holdout_fraction" in small and "--tune_folds" in small
 
 
 def test_early_stopping_stops_a_trial_whose_holdout_metric_stopped_improving() -> None:
@@ -297,11 +322,16 @@ def test_every_trial_is_recorded_with_settings_holdout_metric_per_epoch_and_time
     assert settings == {(0.01, 2), (0.01, 4), (0.0001, 2), (0.0001, 4)}
     for record in trials:
         assert record["seconds"] > 0 and record["settings"]["bottleneck_size"] == 16
-        assert [e["epoch"] for e in record["history"]] == list(range(1, record["epochs_run"] + 1))
-        assert record["holdout_f1"] == record["history"][-1]["holdout_f1"]
-        assert record["stopped_early"] == (record["epochs_run"] < record["settings"]["epochs"])
-        events = os.listdir(os.path.join(results.uri, "tensorboard", f"trial_{record['trial_id']}", "glue"))
-        assert any(name.startswith("events.out.tfevents") for name in events)
+        assert [fold["fold"] for fold in record["folds"]] == [0, 1]  # trained once per fold
+        for fold in record["folds"]:
+            assert [e["epoch"] for e in fold["history"]] == list(range(1, fold["epochs_run"] + 1))
+            assert fold["holdout_f1"] == fold["history"][-1]["holdout_f1"]
+            assert fold["stopped_early"] == (fold["epochs_run"] < record["settings"]["epochs"])
+            events = os.listdir(os.path.join(results.uri, "tensorboard", f"trial_{record['trial_id']}",
+                                             f"fold_{fold['fold']}", "glue"))
+            assert any(name.startswith("events.out.tfevents") for name in events)
+        assert record["holdout_f1"] == pytest.approx(np.mean([fold["holdout_f1"] for fold in record["folds"]]))
+        assert record["stopped_early"] == any(fold["stopped_early"] for fold in record["folds"])
     assert [r["trial_id"] for r in read_json(results.uri, "tuner_results.json")][0] == \
         max(trials, key=lambda r: r["holdout_f1"])["trial_id"]
 
@@ -309,9 +339,9 @@ def test_every_trial_is_recorded_with_settings_holdout_metric_per_epoch_and_time
 def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> None:
     results, _ = _tuner_outputs(tuned)
     holdout = read_json(results.uri, "holdout.json")
-    assert holdout["seed"] == 42 and holdout["fraction"] == 0.25
-    assert holdout["holdout_examples"] + holdout["training_examples"] == 64
-    assert holdout["per_stratum"] == {"0": {"holdout": 8, "train": 24}, "1": {"holdout": 8, "train": 24}}
+    assert holdout["seed"] == 42 and holdout["fraction"] == 0.5 and holdout["holdout_examples"] == 64
+    for fold in holdout["folds"]:  # two folds: each holds half of each class, the other half trains
+        assert fold["per_stratum"] == {"0": {"holdout": 16, "train": 16}, "1": {"holdout": 16, "train": 16}}
     # Recarved from the Transform's train split with the same seed: the same rows; none of them in eval.
     import tensorflow_transform as tft
 
@@ -323,11 +353,13 @@ def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> 
     (transform_graph,) = glob.glob(os.path.join(transform, "transform_graph", "*"))
     (transformed,) = glob.glob(os.path.join(transform, "transformed_examples", "*"))
     spec = tft.TFTransformOutput(transform_graph).transformed_feature_spec()
-    again = Holdout.carve([os.path.join(transformed, "Split-train", "*")], spec, get_task("mrpc"), 0.25, seed=42)
-    assert again.digest() == holdout["digest"]
     eval_keys = {int(k) for k in example_keys(next(iter(
         read_transformed([os.path.join(transformed, "Split-eval", "*")], spec).batch(1000))), 42).numpy()}
-    assert not eval_keys & set(again.keys)
+    for fold in holdout["folds"]:
+        again = Holdout.carve([os.path.join(transformed, "Split-train", "*")], spec, get_task("mrpc"), 0.5, seed=42,
+                              fold=fold["fold"])
+        assert again.digest() == fold["digest"]
+        assert not eval_keys & set(again.keys)
 
 
 def test_chosen_settings_reach_the_trainer_adapter_config_and_summary(tuned) -> None:
@@ -347,8 +379,8 @@ def test_chosen_settings_reach_the_trainer_adapter_config_and_summary(tuned) -> 
     assert "training mrpc on 64 examples" in tuned.b_log
     line = results.custom_properties["summary"].string_value
     assert line.startswith("chosen: learning rate ") and "holdout f1" in line and "4 trials" in line
-    assert " on 16 examples; " in line  # the holdout's size, next to its score
-    assert re.search(r"WARNING.*holdout of 16 examples: one standard error", tuned.b_log)
+    assert " (mean of 2 folds) on 64 examples; " in line  # how it was scored, next to its score
+    assert re.search(r"WARNING.*holdout of 64 examples: one standard error", tuned.b_log)
     assert f"tuning:    {line}" in tuned.b_stdout
 
 
