@@ -2,7 +2,7 @@
 
 Cheap checks first (flags, the holdout on synthetic transformed examples, the pipeline graph and its cache key).
 Then one module-scoped tuned pipeline run on tiny MRPC (tests/tiny_mrpc.py data, tiny BERT), as a user runs it:
-  A. `python -m pipeline.run --tune ...` (a 2 x 1 x 2 grid, patience 1), killed with SIGKILL (whole process group)
+  A. `python -m pipeline.run --tune ...` (a 2 x 1 x 2 grid, 2 folds, patience 1), killed with SIGKILL (whole group)
      once its first trial has finished;
   B. the same command again: the Tuner resumes the search from the trials A finished and the pipeline completes;
      the Trainer trains on all of train with the chosen settings, which reach adapter_config.json and the
