@@ -10,7 +10,8 @@ This one writes, to the same two artifacts:
       without --tune_folds) its holdout metric per epoch and epochs run (stopped early or not); this run's
       trials and those a killed run finished before;
   tuner_results/holdout.json        the holdout: seed, fraction, per fold its examples per stratum and digest;
-  tuner_results/tensorboard/trial_<id>/  each trial's TensorBoard events (holdout metrics per epoch);
+  tuner_results/tensorboard/trial_<id>/  each trial's TensorBoard events (holdout metrics per epoch; per fold
+      in fold_<k>/);
 and the one-line summary as the TunerResults artifact's "summary" custom property (the run summary prints it).
 """
 import json
