@@ -93,7 +93,8 @@ class Holdout:
 
     @classmethod
     def carve(cls, train_files: List[str], feature_spec: Dict, task: GlueTask, fraction: float, seed: int,
-              fold: int = 0) -> "Holdout":
+              folds: int = 1) -> List["Holdout"]:
+        """Folds 0 to folds - 1 of `fraction` each (one holdout: folds=1), from one read of train."""
         examples = read_transformed(train_files, feature_spec).batch(1024)
         keys, labels = [], []
         for batch in examples:
@@ -104,20 +105,24 @@ class Holdout:
         keys_, labels_ = np.concatenate(keys), np.concatenate(labels)
         strata_ = strata(labels_, task)
         order = np.lexsort((labels_, keys_))
-        digest = hashlib.sha256(keys_[order].tobytes() + labels_[order].astype(np.float64).tobytes())
-        chosen, counts = [], {}
-        for stratum in np.unique(strata_):
-            distinct = np.unique(keys_[strata_ == stratum])  # sorted
-            selected = distinct[fold_start(fold, fraction, len(distinct)):fold_start(fold + 1, fraction, len(distinct))]
-            chosen.extend(selected.tolist())
-            inside = np.isin(keys_[strata_ == stratum], selected)
-            counts[str(int(stratum))] = (int(inside.sum()), int((~inside).sum()))
-        if not chosen:
-            raise ValueError(f"holdout {fold} of fraction {fraction}: {len(keys_)} training examples leave it empty (a "
-                             "class needs 2 distinct examples to give one): use a larger --holdout_fraction or fewer "
-                             "--tune_folds.")
-        return cls(seed=seed, fraction=fraction, fold=fold, keys=tuple(sorted(set(chosen))), counts=counts,
-                   train_digest=digest.hexdigest())
+        digest = hashlib.sha256(keys_[order].tobytes() + labels_[order].astype(np.float64).tobytes()).hexdigest()
+        holdouts = []
+        for fold in range(folds):
+            chosen, counts = [], {}
+            for stratum in np.unique(strata_):
+                distinct = np.unique(keys_[strata_ == stratum])  # sorted
+                selected = distinct[fold_start(fold, fraction, len(distinct)):
+                                    fold_start(fold + 1, fraction, len(distinct))]
+                chosen.extend(selected.tolist())
+                inside = np.isin(keys_[strata_ == stratum], selected)
+                counts[str(int(stratum))] = (int(inside.sum()), int((~inside).sum()))
+            if not chosen:
+                raise ValueError(f"holdout {fold} of fraction {fraction}: {len(keys_)} training examples leave it "
+                                 "empty (a class needs 2 distinct examples to give one): use a larger "
+                                 "--holdout_fraction or fewer --tune_folds.")
+            holdouts.append(cls(seed=seed, fraction=fraction, fold=fold, keys=tuple(sorted(set(chosen))),
+                                counts=counts, train_digest=digest))
+        return holdouts
 
     def row_filters(self) -> Tuple[RowFilter, RowFilter]:
         """(train without the holdout, the holdout): filters for modules.trainer's datasets."""
@@ -146,7 +151,7 @@ def carve_holdouts(train_files: List[str], feature_spec: Dict, task: GlueTask, t
                    seed: int) -> List[Holdout]:
     """One holdout of --holdout_fraction, or with --tune_folds K the K folds (each 1/K of every stratum)."""
     fraction = 1 / tuning.folds if tuning.folds > 1 else tuning.holdout_fraction
-    return [Holdout.carve(train_files, feature_spec, task, fraction, seed, fold) for fold in range(tuning.folds)]
+    return Holdout.carve(train_files, feature_spec, task, fraction, seed, tuning.folds)
 
 
 def describe_holdouts(holdouts: List[Holdout]) -> Dict[str, Any]:
@@ -309,7 +314,8 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     feature_spec = tft.TFTransformOutput(fn_args.transform_graph_path).transformed_feature_spec()
     holdouts = carve_holdouts(fn_args.train_files, feature_spec, task, tuning, config.seed)
     directory = os.path.join(custom[SEARCH_ROOT_KEY], search_key(holdouts[0].train_digest, custom))
-    examples = sum(h.examples() for h in holdouts)
+    record = describe_holdouts(holdouts)
+    examples = record["holdout_examples"]
     logging.info("search in %s; holdout: %d of %d training examples%s (seed %d)", directory, examples,
                  sum(h + t for h, t in holdouts[0].counts.values()),
                  f" in {len(holdouts)} folds" if len(holdouts) > 1 else "", config.seed)
@@ -318,7 +324,7 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     tuner = AdapterTuner(make_oracle(tuning, task, config.seed), os.path.dirname(directory),
                          os.path.basename(directory), config, tuning, fn_args.train_files, feature_spec, holdouts)
     with tf.io.gfile.GFile(os.path.join(tuner.project_dir, HOLDOUT_FILE), "w") as f:
-        json.dump(describe_holdouts(holdouts), f, indent=2)
+        json.dump(record, f, indent=2)
     return TunerFnResult(tuner=tuner, fit_kwargs={})
 
 

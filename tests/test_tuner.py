@@ -152,22 +152,22 @@ def test_holdout_is_seeded_stratified_disjoint_and_independent_of_row_order(tran
     from modules.tuner import Holdout
 
     task = get_task("mrpc")
-    holdout = Holdout.carve([transformed.train], FEATURE_SPEC, task, 0.2, seed=7)
+    (holdout,) = Holdout.carve([transformed.train], FEATURE_SPEC, task, 0.2, seed=7)
     assert holdout.counts == {"0": (40, 160), "1": (20, 80)}  # 20% of each class
     train_rows, holdout_rows = holdout.row_filters()
     inside, outside = _keys([transformed.train], holdout_rows), _keys([transformed.train], train_rows)
     assert len(inside) == 60 and len(outside) == 240 and not set(inside) & set(outside)
     assert inside == list(holdout.keys)
     # The same seed: the same rows, whatever order the files hold them in; another seed: other rows.
-    again = Holdout.carve([transformed.reversed], FEATURE_SPEC, task, 0.2, seed=7)
+    (again,) = Holdout.carve([transformed.reversed], FEATURE_SPEC, task, 0.2, seed=7)
     assert again.keys == holdout.keys
     # The search's directory follows the data, not the files: a re-ingested copy resumes the same search.
     assert again.train_digest == holdout.train_digest
     relabelled = os.path.join(os.path.dirname(transformed.train), "relabelled.gz")
     _write_transformed(relabelled, [dict(row, label=1 - row["label"]) if i == 5 else row
                                     for i, row in enumerate(transformed.rows)])
-    assert Holdout.carve([relabelled], FEATURE_SPEC, task, 0.2, seed=7).train_digest != holdout.train_digest
-    other = Holdout.carve([transformed.train], FEATURE_SPEC, task, 0.2, seed=8)
+    assert Holdout.carve([relabelled], FEATURE_SPEC, task, 0.2, seed=7)[0].train_digest != holdout.train_digest
+    (other,) = Holdout.carve([transformed.train], FEATURE_SPEC, task, 0.2, seed=8)
     assert other.keys != holdout.keys and other.counts == holdout.counts
     # Nothing of the eval split is in the holdout (or anywhere in what the trials see).
     assert not set(_keys([transformed.eval])) & set(inside + outside)
@@ -191,7 +191,7 @@ def test_folds_partition_train_per_class_and_the_first_fold_is_the_single_holdou
         assert _keys([transformed.train], holdout_rows) == list(holdout.keys)
         assert set(_keys([transformed.train], train_rows)) == set.union(*keys) - set(holdout.keys)
     # Fold 0 is the holdout of the same fraction: the hash order is one, folds cut it in 1/K pieces.
-    assert folds[0].keys == Holdout.carve([transformed.train], FEATURE_SPEC, task, 1 / 3, seed=7).keys
+    assert folds[0].keys == Holdout.carve([transformed.train], FEATURE_SPEC, task, 1 / 3, seed=7)[0].keys
 
 
 def test_a_small_holdout_is_called_out_naming_the_flag() -> None:
@@ -355,9 +355,9 @@ def test_holdout_is_carved_from_train_disjoint_from_eval_and_recorded(tuned) -> 
     spec = tft.TFTransformOutput(transform_graph).transformed_feature_spec()
     eval_keys = {int(k) for k in example_keys(next(iter(
         read_transformed([os.path.join(transformed, "Split-eval", "*")], spec).batch(1000))), 42).numpy()}
-    for fold in holdout["folds"]:
-        again = Holdout.carve([os.path.join(transformed, "Split-train", "*")], spec, get_task("mrpc"), 0.5, seed=42,
-                              fold=fold["fold"])
+    recarved = Holdout.carve([os.path.join(transformed, "Split-train", "*")], spec, get_task("mrpc"), 0.5, seed=42,
+                             folds=2)
+    for fold, again in zip(holdout["folds"], recarved, strict=True):
         assert again.digest() == fold["digest"]
         assert not eval_keys & set(again.keys)
 
