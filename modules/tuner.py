@@ -106,15 +106,16 @@ class Holdout:
         strata_ = strata(labels_, task)
         order = np.lexsort((labels_, keys_))
         digest = hashlib.sha256(keys_[order].tobytes() + labels_[order].astype(np.float64).tobytes()).hexdigest()
+        per_stratum = [(stratum, keys_[strata_ == stratum]) for stratum in np.unique(strata_)]
+        per_stratum = [(stratum, stratum_keys, np.unique(stratum_keys)) for stratum, stratum_keys in per_stratum]
         holdouts = []
         for fold in range(folds):
             chosen, counts = [], {}
-            for stratum in np.unique(strata_):
-                distinct = np.unique(keys_[strata_ == stratum])  # sorted
+            for stratum, stratum_keys, distinct in per_stratum:  # distinct: sorted
                 selected = distinct[fold_start(fold, fraction, len(distinct)):
                                     fold_start(fold + 1, fraction, len(distinct))]
                 chosen.extend(selected.tolist())
-                inside = np.isin(keys_[strata_ == stratum], selected)
+                inside = np.isin(stratum_keys, selected)
                 counts[str(int(stratum))] = (int(inside.sum()), int((~inside).sum()))
             if not chosen:
                 raise ValueError(f"holdout {fold} of fraction {fraction}: {len(keys_)} training examples leave it "
