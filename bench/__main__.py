@@ -158,8 +158,9 @@ def rows_of(name: str, r: Dict[str, Any]) -> List[List[str]]:
     if name == "serving_latency":
         latency, rate = r["batch1_latency"], r["batch32_examples_per_second"]
         labels = {"adapter": "adapters", "adapter_k3": "adapters, AdapterDrop K = 3", "plain": "no adapters",
-                  "adapter_xla": "adapters, export option XLA", "adapter_bf16_xla": "adapters, export options bf16 + XLA",
-                  "adapterhub": "AdapterHub, float32", "adapterhub_threads1": "AdapterHub, float32, 1 thread",
+                  "adapter_xla": "adapters, export option XLA", "adapter_bf16": "adapters, export option bf16",
+                  "adapter_bf16_xla": "adapters, export options bf16 + XLA", "adapterhub": "AdapterHub, float32",
+                  "adapterhub_bf16": "AdapterHub, bf16 autocast", "adapterhub_threads1": "AdapterHub, float32, 1 thread",
                   "adapterhub_bf16_threads1": "AdapterHub, bf16 autocast, 1 thread"}
         labels = {key: label for key, label in labels.items() if key in latency}
         return ([[f"predict_text batch 1, median / p95 ms: {label}",
