@@ -106,12 +106,14 @@ class Holdout:
         strata_ = strata(labels_, task)
         order = np.lexsort((labels_, keys_))
         digest = hashlib.sha256(keys_[order].tobytes() + labels_[order].astype(np.float64).tobytes()).hexdigest()
-        per_stratum = [(stratum, keys_[strata_ == stratum]) for stratum in np.unique(strata_)]
-        per_stratum = [(stratum, stratum_keys, np.unique(stratum_keys)) for stratum, stratum_keys in per_stratum]
+        per_stratum = []  # (stratum, its examples' keys, their distinct values sorted)
+        for stratum in np.unique(strata_):
+            stratum_keys = keys_[strata_ == stratum]
+            per_stratum.append((stratum, stratum_keys, np.unique(stratum_keys)))
         holdouts = []
         for fold in range(folds):
             chosen, counts = [], {}
-            for stratum, stratum_keys, distinct in per_stratum:  # distinct: sorted
+            for stratum, stratum_keys, distinct in per_stratum:
                 selected = distinct[fold_start(fold, fraction, len(distinct)):
                                     fold_start(fold + 1, fraction, len(distinct))]
                 chosen.extend(selected.tolist())
