@@ -104,29 +104,18 @@ def split_words(texts: tf.Tensor) -> tf.RaggedTensor:
     )
 
 
-def truncate_longest_first(
-    a: tf.RaggedTensor, b: tf.RaggedTensor, budget: int
-) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
-    """Cuts token rows a and b so that len(a) + len(b) <= budget, as BertTokenizerFast's "longest_first".
+def truncate_longest_first(len_a: tf.Tensor, len_b: tf.Tensor, budget: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """How many tokens of segments a and b to keep so that the sum is <= budget, as BertTokenizerFast's
+    "longest_first": tokens come off the end of the longer segment until both are equally long, then off both alike.
 
-    Tokens come off the end of the longer segment until both are equally long, then off both alike.
     When the budget left is odd, the extra token stays with the segment that was longer, with b on a
     tie (Rust tokenizers: shorter gets budget // 2). The slow Python BertTokenizer gives it to a always.
     """
-    len_a, len_b = a.row_lengths(), b.row_lengths()
     shorter = tf.minimum(len_a, len_b)
     keep_shorter = tf.where(2 * shorter <= budget, shorter, budget // 2)
     keep_longer = tf.minimum(tf.maximum(len_a, len_b), budget - keep_shorter)
     a_is_longer = len_a > len_b
-    return (
-        _keep_first(a, tf.where(a_is_longer, keep_longer, keep_shorter)),
-        _keep_first(b, tf.where(a_is_longer, keep_shorter, keep_longer)),
-    )
-
-
-def _keep_first(tokens: tf.RaggedTensor, counts: tf.Tensor) -> tf.RaggedTensor:
-    positions = tf.ragged.range(tokens.row_lengths())
-    return tf.ragged.boolean_mask(tokens, positions < tf.expand_dims(counts, 1))
+    return tf.where(a_is_longer, keep_longer, keep_shorter), tf.where(a_is_longer, keep_shorter, keep_longer)
 
 
 class BertPairTokenizer:
@@ -165,18 +154,35 @@ class BertPairTokenizer:
 
     def __call__(self, text_a: tf.Tensor, text_b: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
         """[batch] raw strings (text_b None: single-sentence task) -> the model's input features."""
-        segments = [self.wordpiece_ids(text_a)]
+        a = self.wordpiece_ids(text_a)
         if text_b is None:
-            segments[0] = _keep_first(segments[0], tf.minimum(segments[0].row_lengths(), self.max_seq_length - 2))
-        else:
-            segments = list(truncate_longest_first(segments[0], self.wordpiece_ids(text_b), self.max_seq_length - 3))
-        ids, type_ids = text.combine_segments(segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
-        shape = [None, self.max_seq_length]
+            return self._pack([(a, tf.minimum(a.row_lengths(), self.max_seq_length - 2))])
+        b = self.wordpiece_ids(text_b)
+        keep_a, keep_b = truncate_longest_first(a.row_lengths(), b.row_lengths(), self.max_seq_length - 3)
+        return self._pack([(a, keep_a), (b, keep_b)])
+
+    def _pack(self, segments: List[tuple[tf.RaggedTensor, tf.Tensor]]) -> Dict[str, tf.Tensor]:
+        """`[CLS] a [SEP]` (then `b [SEP]`, token type 1) from the first `keep` tokens of each segment, padded
+        with 0 to max_seq_length. Written on dense positions, one gather per segment: ragged slicing and
+        text.combine_segments add validation ops per step, which made tracing the Transform graph slow."""
+        position = tf.range(self.max_seq_length, dtype=tf.int64)[tf.newaxis, :]
+        start = tf.ones_like(segments[0][1])[:, tf.newaxis]  # where a segment's first token goes
+        ids = tf.where(position == 0, tf.constant(self.cls_id, tf.int64), tf.constant(0, tf.int64))
+        type_ids = tf.zeros_like(ids)
+        for type_id, (tokens, keep) in enumerate(segments):
+            end = start + keep[:, tf.newaxis]  # the segment's [SEP]
+            inside = (position >= start) & (position < end)
+            padded = tf.concat([tokens.flat_values, tf.zeros([1], tf.int64)], 0)  # outside: the 0 at the end
+            index = tf.where(inside, tokens.row_starts()[:, tf.newaxis] + position - start, tf.size(padded, tf.int64) - 1)
+            ids = tf.where(inside, tf.gather(padded, index), ids)
+            ids = tf.where(position == end, tf.constant(self.sep_id, tf.int64), ids)
+            type_ids = tf.where((position >= start) & (position <= end), tf.constant(type_id, tf.int64), type_ids)
+            start = end + 1
         return {
-            INPUT_IDS: ids.to_tensor(default_value=0, shape=shape),
-            ATTENTION_MASK: tf.ones_like(ids).to_tensor(default_value=0, shape=shape),
-            TOKEN_TYPE_IDS: tf.cast(type_ids, tf.int64).to_tensor(default_value=0, shape=shape),
-            LENGTH: ids.row_lengths(),
+            INPUT_IDS: ids,
+            ATTENTION_MASK: tf.cast(position < start, tf.int64),
+            TOKEN_TYPE_IDS: type_ids,
+            LENGTH: start[:, 0],
         }
 
 
