@@ -17,7 +17,6 @@ import collections
 import glob
 import os
 import tempfile
-import time
 from typing import Dict
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
