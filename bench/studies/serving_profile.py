@@ -1,9 +1,9 @@
-"""Where the batch-1 time of the exported `predict_text` signature goes, and what the export options of
+"""Where the time of the exported `predict_text` signature goes, and what the export options of
 modules/serving.py change in it.
 
-    python -m bench.studies.serving_profile [--calls 60] [--adapters ADAPTERS_DIR]
+    python -m bench.studies.serving_profile [--calls 60] [--batch 1] [--adapters ADAPTERS_DIR]
 
-MiniLM with Houlsby adapters (bottleneck 64), MRPC dev sentence pairs one at a time. Every part is a signature of
+MiniLM with Houlsby adapters (bottleneck 64), MRPC dev sentence pairs, `--batch` per call (1: one at a time). Every part is a signature of
 one SavedModel, loaded back and called the way serving calls it; the parts alternate call by call. Wall-clock
 median and process CPU milliseconds per call (CPU time is less hurt by other jobs on a shared machine):
   signature_call     a signature that only counts its strings: the cost of calling a loaded signature
@@ -13,7 +13,8 @@ median and process CPU milliseconds per call (CPU time is less hurt by other job
                      (xla: on the Trainer's length buckets; bf16: bfloat16 weights), and the mixed_bfloat16 policy
                      (float32 weights cast at each call)
   predict_text       the whole default signature: tokenizer + float32 model + outputs
-Then the TensorFlow profiler's op-level trace of `predict_text` (float32, warm): milliseconds per call by op type.
+Then the TensorFlow profiler's op-level trace of `predict_text` (float32) and of `model_bf16` (warm): milliseconds
+per call by op type.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def logits_signature(part, features) -> "tf.types.experimental.GenericFunction":
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=60, help="batch-1 calls per part")
+    parser.add_argument("--calls", type=int, default=60, help="calls per part")
+    parser.add_argument("--batch", type=int, default=1, help="sentence pairs per call")
     parser.add_argument("--adapters", default="", help="trained MiniLM adapter weights (a Trainer's adapters dir)")
     args = parser.parse_args()
     started = common.machine_state()
@@ -117,8 +119,10 @@ def main() -> None:
     tf.saved_model.save(module, directory, signatures={n: f.get_concrete_function() for n, f in signatures.items()})
     loaded = tf.saved_model.load(directory).signatures
 
-    data, _ = pairs(args.calls)
-    text_inputs = [{"sentence1": tf.constant([a]), "sentence2": tf.constant([b])} for a, b in data]
+    data, _ = pairs(args.calls * args.batch)
+    batches = [data[i:i + args.batch] for i in range(0, len(data), args.batch)]
+    text_inputs = [{"sentence1": tf.constant([a for a, _ in batch]), "sentence2": tf.constant([b for _, b in batch])}
+                   for batch in batches]
     tokens = [loaded["tokenize"](**x) for x in text_inputs]
     inputs = {name: (tokens if name.startswith("model") else text_inputs) for name in signatures}
     for name, sig in loaded.items():  # warm-up: every length bucket (XLA compiles each shape)
@@ -133,28 +137,32 @@ def main() -> None:
             wall[name].append(1000 * (time.perf_counter() - start))
             cpu[name].append(1000 * (time.process_time() - start_cpu))
     parts_table = common.print_table(
-        ["part (batch 1)", "wall median ms", "CPU ms/call (median)"],
+        [f"part (batch {args.batch})", "wall median ms", "CPU ms/call (median)"],
         [[name, common.median(wall[name]), common.median(cpu[name])] for name in signatures])
 
-    logdir = tempfile.mkdtemp(prefix="serving-profile-trace-")
-    tf.profiler.experimental.start(logdir)
-    for x in text_inputs:
-        loaded["predict_text"](**x)["probabilities"].numpy()
-    tf.profiler.experimental.stop()
-    ops = op_time_by_type(logdir, len(text_inputs))
-    adapters = ops.pop(ADAPTER_OPS, {"ms_per_call": 0.0, "ops_per_call": 0.0})
-    rows = [[op, v["ms_per_call"], f"{v['ops_per_call']:.0f}"] for op, v in list(ops.items())[:15]]
-    rows.append(["all ops", sum(v["ms_per_call"] for v in ops.values()),
-                 f"{sum(v['ops_per_call'] for v in ops.values()):.0f}"])
-    rows.append([ADAPTER_OPS, adapters["ms_per_call"], f"{adapters['ops_per_call']:.0f}"])
-    print()
-    ops_table = common.print_table(["op type in predict_text", "ms/call (summed over threads)", "ops/call"], rows)
-    common.write_results("serving_profile", {
-        "settings": {"calls": args.calls, "max_seq_length": MAX_SEQ_LENGTH, "xla_length_bounds": LENGTH_BOUNDS,
+    traced, ops_tables = {}, []
+    for name in ("predict_text", "model_bf16"):
+        logdir = tempfile.mkdtemp(prefix="serving-profile-trace-")
+        tf.profiler.experimental.start(logdir)
+        for x in inputs[name]:
+            tf.nest.map_structure(lambda t: t.numpy(), loaded[name](**x))
+        tf.profiler.experimental.stop()
+        ops = op_time_by_type(logdir, len(inputs[name]))
+        adapters = ops.pop(ADAPTER_OPS, {"ms_per_call": 0.0, "ops_per_call": 0.0})
+        traced[name] = {**ops, ADAPTER_OPS: adapters}
+        rows = [[op, v["ms_per_call"], f"{v['ops_per_call']:.0f}"] for op, v in list(ops.items())[:15]]
+        rows.append(["all ops", sum(v["ms_per_call"] for v in ops.values()),
+                     f"{sum(v['ops_per_call'] for v in ops.values()):.0f}"])
+        rows.append([ADAPTER_OPS, adapters["ms_per_call"], f"{adapters['ops_per_call']:.0f}"])
+        print()
+        ops_tables.append(common.print_table([f"op type in {name}", "ms/call (summed over threads)", "ops/call"], rows))
+    common.write_results("serving_profile" if args.batch == 1 else f"serving_profile_batch{args.batch}", {
+        "settings": {"calls": args.calls, "batch": args.batch, "max_seq_length": MAX_SEQ_LENGTH, "xla_length_bounds": LENGTH_BOUNDS,
                      "adapters": args.adapters or "untrained"},
         "wall_median_ms": {n: common.median(v) for n, v in wall.items()},
         "cpu_median_ms": {n: common.median(v) for n, v in cpu.items()},
-        "predict_text_ops": {**ops, ADAPTER_OPS: adapters}, "tables": [parts_table, ops_table],
+        "predict_text_ops": traced["predict_text"], "model_bf16_ops": traced["model_bf16"],
+        "tables": [parts_table, *ops_tables],
     }, started)
 
 
