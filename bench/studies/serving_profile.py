@@ -119,7 +119,8 @@ def main() -> None:
     tf.saved_model.save(module, directory, signatures={n: f.get_concrete_function() for n, f in signatures.items()})
     loaded = tf.saved_model.load(directory).signatures
 
-    data, _ = pairs(args.calls * args.batch)
+    data, source = pairs(args.calls * args.batch)
+    print(f"sentence pairs: {source}")
     batches = [data[i:i + args.batch] for i in range(0, len(data), args.batch)]
     text_inputs = [{"sentence1": tf.constant([a for a, _ in batch]), "sentence2": tf.constant([b for _, b in batch])}
                    for batch in batches]
@@ -157,7 +158,7 @@ def main() -> None:
         print()
         ops_tables.append(common.print_table([f"op type in {name}", "ms/call (summed over threads)", "ops/call"], rows))
     common.write_results("serving_profile" if args.batch == 1 else f"serving_profile_batch{args.batch}", {
-        "settings": {"calls": args.calls, "batch": args.batch, "max_seq_length": MAX_SEQ_LENGTH, "xla_length_bounds": LENGTH_BOUNDS,
+        "settings": {"calls": args.calls, "batch": args.batch, "data": source, "max_seq_length": MAX_SEQ_LENGTH, "xla_length_bounds": LENGTH_BOUNDS,
                      "adapters": args.adapters or "untrained"},
         "wall_median_ms": {n: common.median(v) for n, v in wall.items()},
         "cpu_median_ms": {n: common.median(v) for n, v in cpu.items()},
