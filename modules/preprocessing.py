@@ -173,7 +173,8 @@ class BertPairTokenizer:
             end = start + keep[:, tf.newaxis]  # the segment's [SEP]
             inside = (position >= start) & (position < end)
             padded = tf.concat([tokens.flat_values, tf.zeros([1], tf.int64)], 0)  # outside: the 0 at the end
-            index = tf.where(inside, tokens.row_starts()[:, tf.newaxis] + position - start, tf.size(padded, tf.int64) - 1)
+            index = tf.where(inside, tokens.row_starts()[:, tf.newaxis] + position - start,
+                             tf.size(padded, tf.int64) - 1)
             ids = tf.where(inside, tf.gather(padded, index), ids)
             ids = tf.where(position == end, tf.constant(self.sep_id, tf.int64), ids)
             type_ids = tf.where((position >= start) & (position <= end), tf.constant(type_id, tf.int64), type_ids)

@@ -3,8 +3,9 @@ modules/serving.py change in it.
 
     python -m bench.studies.serving_profile [--calls 60] [--batch 1] [--adapters ADAPTERS_DIR]
 
-MiniLM with Houlsby adapters (bottleneck 64), MRPC dev sentence pairs, `--batch` per call (1: one at a time). Every part is a signature of
-one SavedModel, loaded back and called the way serving calls it; the parts alternate call by call. Wall-clock
+MiniLM with Houlsby adapters (bottleneck 64), MRPC dev sentence pairs, `--batch` per call (1: one at a time).
+Every part is a signature of one SavedModel, loaded back and called the way serving calls it; the parts alternate
+call by call. Wall-clock
 median and process CPU milliseconds per call (CPU time is less hurt by other jobs on a shared machine):
   signature_call     a signature that only counts its strings: the cost of calling a loaded signature
   tokenize           the Transform tokenizer (modules.preprocessing.BertPairTokenizer) + serving.model_inputs
@@ -25,7 +26,7 @@ import os
 import re
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, Iterator, List, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,25 +37,33 @@ from bench.serving_latency import LENGTH_BOUNDS, MAX_SEQ_LENGTH, pairs  # noqa: 
 ADAPTER_OPS = "(of which in adapters)"
 
 
-def op_time_by_type(logdir: str, calls: int) -> Dict[str, Dict[str, float]]:
-    """Milliseconds and op executions per call by op type, from the profiler's host trace in `logdir`; the row
-    ADAPTER_OPS sums the ops inside the adapters (node names with "adapter_<layer>_")."""
+def host_op_events(logdir: str) -> Iterator[Tuple[str, str, float]]:
+    """(node name, op type, milliseconds) of every op TensorFlow's executor threads ran, from the profiler's host
+    trace in `logdir`."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
     with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
         space.ParseFromString(f.read())
     host = next(plane for plane in space.planes if plane.name == "/host:CPU")
-    milliseconds, count = collections.Counter(), collections.Counter()
     for line in host.lines:
         if not line.name.startswith("tf_Compute"):  # the executor threads; "python" holds the caller's frames
             continue
         for event in line.events:
             name = host.event_metadata[event.metadata_id].name
             if ":" in name and not name.startswith("ExecutorState"):  # "<node name>:<op type>"
-                for key in [name.rsplit(":", 1)[1]] + ([ADAPTER_OPS] if re.search(r"/adapter_\d+_", name) else []):
-                    milliseconds[key] += event.duration_ps / 1e9 / calls
-                    count[key] += 1 / calls
+                node, op_type = name.rsplit(":", 1)
+                yield node, op_type, event.duration_ps / 1e9
+
+
+def op_time_by_type(logdir: str, calls: int) -> Dict[str, Dict[str, float]]:
+    """Milliseconds and op executions per call by op type, from the profiler's host trace in `logdir`; the row
+    ADAPTER_OPS sums the ops inside the adapters (node names with "adapter_<layer>_")."""
+    milliseconds, count = collections.Counter(), collections.Counter()
+    for node, op_type, ms in host_op_events(logdir):
+        for key in [op_type] + ([ADAPTER_OPS] if re.search(r"/adapter_\d+_", node) else []):
+            milliseconds[key] += ms / calls
+            count[key] += 1 / calls
     return {op: {"ms_per_call": ms, "ops_per_call": count[op]} for op, ms in milliseconds.most_common()}
 
 
@@ -156,10 +165,11 @@ def main() -> None:
                      f"{sum(v['ops_per_call'] for v in ops.values()):.0f}"])
         rows.append([ADAPTER_OPS, adapters["ms_per_call"], f"{adapters['ops_per_call']:.0f}"])
         print()
-        ops_tables.append(common.print_table([f"op type in {name}", "ms/call (summed over threads)", "ops/call"], rows))
+        headers = [f"op type in {name}", "ms/call (summed over threads)", "ops/call"]
+        ops_tables.append(common.print_table(headers, rows))
     common.write_results("serving_profile" if args.batch == 1 else f"serving_profile_batch{args.batch}", {
-        "settings": {"calls": args.calls, "batch": args.batch, "data": source, "max_seq_length": MAX_SEQ_LENGTH, "xla_length_bounds": LENGTH_BOUNDS,
-                     "adapters": args.adapters or "untrained"},
+        "settings": {"calls": args.calls, "batch": args.batch, "data": source, "max_seq_length": MAX_SEQ_LENGTH,
+                     "xla_length_bounds": LENGTH_BOUNDS, "adapters": args.adapters or "untrained"},
         "wall_median_ms": {n: common.median(v) for n, v in wall.items()},
         "cpu_median_ms": {n: common.median(v) for n, v in cpu.items()},
         "predict_text_ops": traced["predict_text"], "model_bf16_ops": traced["model_bf16"],

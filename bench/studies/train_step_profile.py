@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import os
 import tempfile
 from typing import Dict
@@ -40,23 +39,14 @@ def category(op_type: str) -> str:
 
 def other_ops_by_pass(logdir: str, steps: int) -> Dict[str, float]:
     """Milliseconds per step of the ops that are not matrix products, by pass: forward, backward, optimizer."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    from bench.studies.serving_profile import host_op_events
 
-    space = xplane_pb2.XSpace()
-    with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
-        space.ParseFromString(f.read())
-    host = next(plane for plane in space.planes if plane.name == "/host:CPU")
     milliseconds: Dict[str, float] = collections.Counter()
-    for line in host.lines:
-        if not line.name.startswith("tf_Compute"):
-            continue
-        for event in line.events:
-            name = host.event_metadata[event.metadata_id].name
-            if ":" not in name or name.startswith("ExecutorState") or name.rsplit(":", 1)[1] in MATMUL_OPS:
-                continue
-            stage = ("backward" if name.startswith("gradient_tape/") else
-                     "optimizer" if name.startswith("AdamW/") else "forward")
-            milliseconds[stage] += event.duration_ps / 1e9 / steps
+    for node, op_type, ms in host_op_events(logdir):
+        if op_type not in MATMUL_OPS:
+            stage = ("backward" if node.startswith("gradient_tape/") else
+                     "optimizer" if node.startswith("AdamW/") else "forward")
+            milliseconds[stage] += ms / steps
     return dict(milliseconds)
 
 
