@@ -371,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="the adapters' main runs at each of these AdapterDrop K (default: 0, adapters in every layer)")
     parser.add_argument("--freeze_layer_norms", action="store_true",
                         help="the adapters' main runs with the encoder's layer norms frozen (AdapterHub's choice)")
-    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16", "bfloat16_matmul"], default="float32",
                         help="the adapters' main runs in this precision (the float32 vs bfloat16 question; "
                              "not auto, whose arithmetic depends on the CPU the run lands on)")
     parser.add_argument("--xla", action="store_true", help="the adapters' main runs with the train step XLA-compiled")

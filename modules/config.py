@@ -14,9 +14,9 @@ from modules.backbone import DEFAULT_MODEL
 from modules.glue import GlueTask, task_from_config
 
 DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
-# TrainingConfig.precision: Keras mixed-precision policies, or "auto" (trainer.resolve_precision: mixed_bfloat16
-# on CPUs with native bfloat16 arithmetic, float32 elsewhere).
-PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+# TrainingConfig.precision: Keras mixed-precision policies, "bfloat16_matmul" (trainer.bfloat16_matmuls), or "auto"
+# (trainer.resolve_precision: mixed_bfloat16 on CPUs with native bfloat16 arithmetic, float32 elsewhere).
+PRECISIONS = ("float32", "mixed_bfloat16", "bfloat16_matmul", "auto")
 # TrainingConfig.xla: compile the train step with XLA; "auto" (trainer.resolve_xla): where it is faster.
 XLA_MODES = ("auto", "on", "off")
 # TrainingConfig.serving_export: the serving SavedModel's arithmetic (modules/serving.py's export options).
@@ -58,9 +58,11 @@ class TrainingConfig:
     # With adapter_drop > 0: compute the frozen prefix's output for each training example once (float16, in
     # memory) and train the layers above it on that every epoch (modules/prefix_cache.py).
     prefix_cache: bool = True
-    # Training arithmetic. "mixed_bfloat16": float32 weights, bfloat16 matmuls; about 1.3x fewer CPU seconds a
-    # step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without. The exported model computes
-    # as serving_export says, float32 by default, whatever the training arithmetic.
+    # Training arithmetic. "mixed_bfloat16": float32 weights, every layer computing in bfloat16; about 1.3x fewer
+    # CPU seconds a step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without.
+    # "bfloat16_matmul": a float32 model whose train step TensorFlow rewrites to multiply matrices in bfloat16 and
+    # do everything else in float32 (trainer.bfloat16_matmuls; not under XLA). The exported model computes as
+    # serving_export says, float32 by default, whatever the training arithmetic.
     precision: str = "float32"
     # The train step compiled by XLA (Keras jit_compile), batches then padded to their length bucket's bound so
     # that XLA compiles a few shapes instead of one per batch length. "auto": on with mixed_bfloat16 on one
@@ -105,6 +107,9 @@ class TrainingConfig:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if self.xla not in XLA_MODES:
             raise ValueError(f"--xla must be one of {', '.join(XLA_MODES)}, got {self.xla!r}.")
+        if self.precision == "bfloat16_matmul" and self.xla == "on":
+            raise ValueError("--precision bfloat16_matmul is a rewrite of TensorFlow's graph that XLA does not run: "
+                             "with --xla on the step would train in float32. Use --xla auto or off with it.")
         if self.serving_export not in SERVING_EXPORTS:
             raise ValueError(f"--serving_export must be one of {', '.join(SERVING_EXPORTS)}, "
                              f"got {self.serving_export!r}.")

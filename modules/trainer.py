@@ -14,13 +14,14 @@ step one worker would take on the whole batch. Only the chief writes the model a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -363,6 +364,44 @@ def resolve_xla(config: TrainingConfig, precision: str, strategy: tf.distribute.
             and not (config.adapter_drop and config.prefix_cache))
 
 
+# The ops TensorFlow's oneDNN auto mixed precision moves into bfloat16 after a matrix product (its "infer list",
+# grappler/optimizers/auto_mixed_precision_lists.h, TensorFlow 2.16): bfloat16_matmuls takes them all out of it.
+ONEDNN_INFER_LIST = (
+    "Add", "AddN", "AddV2", "AvgPool", "AvgPool3D", "AvgPool3DGrad", "AvgPoolGrad", "BiasAdd", "BiasAddGrad",
+    "BiasAddV1", "FusedBatchNormV2", "FusedBatchNormGradV2", "FusedBatchNormV3", "FusedBatchNormGradV3", "LeakyRelu",
+    "LeakyReluGrad", "Mul", "Sub", "Elu", "EluGrad", "FloorDiv", "_FusedBatchNormEx", "Log", "Log1p", "LogSoftmax",
+    "Prod", "RealDiv", "Reciprocal", "Selu", "SeluGrad", "Sigmoid", "SigmoidGrad", "Softmax", "Softplus",
+    "SoftplusGrad", "Softsign", "SoftsignGrad", "Sqrt", "Tanh", "TanhGrad")
+INFER_LIST_REMOVE = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_REMOVE"
+
+
+@contextlib.contextmanager
+def bfloat16_matmuls(enabled: bool = True) -> Iterator[None]:
+    """TensorFlow functions first run inside multiply matrices in bfloat16 (oneDNN, float32 accumulation) and do
+    every other op in float32, on float32 variables: grappler's oneDNN auto mixed precision with its infer list
+    emptied, so a product's result is cast back to float32 at once. Why not mixed_bfloat16: on CPU, TensorFlow's
+    bfloat16 elementwise kernels (GELU, softmax, LayerNorm, dropout) are slower than its float32 ones and round
+    every intermediate; the products are where bfloat16 pays (bench.studies.train_step_profile). Grappler
+    rewrites a function when it is first run, so later functions (the Evaluator's, serving) stay float32."""
+    if not enabled:
+        yield
+        return
+    previous_options = tf.config.optimizer.get_experimental_options()
+    previous_list = os.environ.get(INFER_LIST_REMOVE)
+    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    os.environ[INFER_LIST_REMOVE] = ",".join(ONEDNN_INFER_LIST)
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {"auto_mixed_precision_onednn_bfloat16": previous_options.get("auto_mixed_precision_onednn_bfloat16",
+                                                                           False)})
+        if previous_list is None:
+            os.environ.pop(INFER_LIST_REMOVE, None)
+        else:
+            os.environ[INFER_LIST_REMOVE] = previous_list
+
+
 def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None,
                 xla: bool = False) -> AdapterBertClassifier:
     """The model in `precision` (default config.precision), with config.warm_start's weights if given: a Keras
@@ -375,7 +414,8 @@ def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str]
     """
     previous = keras.mixed_precision.global_policy()
     generator_before = keras.backend.experimental.is_tf_random_generator_enabled()
-    keras.mixed_precision.set_global_policy(resolve_precision(precision or config.precision))
+    policy = resolve_precision(precision or config.precision)
+    keras.mixed_precision.set_global_policy("float32" if policy == "bfloat16_matmul" else policy)
     if xla:
         keras.backend.experimental.enable_tf_random_generator()
     try:
@@ -464,8 +504,9 @@ def train(
     progress = ProgressLogger(task, eval_data, num_examples, config.epochs, progress_dir, config.batch_size,
                               steps_per_epoch, eval_name=eval_name, patience=patience)
     try:  # Keras' TensorBoard callback redirects the other workers' logs itself
-        model.fit(train_data, epochs=config.epochs, verbose=0,
-                  callbacks=[progress, keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
+        with bfloat16_matmuls(precision == "bfloat16_matmul"):
+            model.fit(train_data, epochs=config.epochs, verbose=0,
+                      callbacks=[progress, keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
     finally:
         if not chief:
             shutil.rmtree(progress_dir, ignore_errors=True)

@@ -345,6 +345,49 @@ def test_mixed_bfloat16_trains_in_bfloat16_and_exports_the_same_weights_in_float
     np.testing.assert_allclose(bf16_logits.numpy(), f32_logits.numpy(), atol=0.05)
 
 
+def train_tiny(tmp_path, name: str, **overrides):
+    """One epoch of the tiny BERT on 16 random examples (the same data for every `name`)."""
+    from modules.config import TrainingConfig
+    from modules.trainer import train
+
+    rng = np.random.default_rng(4)
+    train_files = write_transformed(str(tmp_path / f"train_{name}"), rng.integers(5, 33, 16).tolist(), [0, 1] * 8)
+    config = TrainingConfig(task="mrpc", model=write_tiny_bert(tmp_path / "tiny_bert"), batch_size=8, epochs=1,
+                            max_seq_length=MAX_SEQ_LENGTH, bottleneck_size=8, learning_rate=1e-3, **overrides)
+    return train(config, [train_files], [train_files], FEATURE_SPEC, str(tmp_path / f"logs_{name}"))
+
+
+def test_bfloat16_matmul_trains_a_float32_model_reproducibly_and_then_restores_tensorflow(tmp_path) -> None:
+    from modules.trainer import INFER_LIST_REMOVE
+
+    (model, history), (again, history_again) = [train_tiny(tmp_path, f"run{i}", precision="bfloat16_matmul")
+                                                for i in range(2)]
+    assert model.compute_dtype == "float32" and all(v.dtype == tf.float32 for v in model.variables)
+    assert [r["loss"] for r in history] == [r["loss"] for r in history_again]
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not tf.config.optimizer.get_experimental_options().get("auto_mixed_precision_onednn_bfloat16", False)
+    assert INFER_LIST_REMOVE not in os.environ
+
+
+@pytest.mark.skipif(not __import__("modules.trainer").trainer.cpu_has_native_bfloat16(),
+                    reason="the CPU has no native bfloat16 (avx512_bf16 / amx_bf16): TensorFlow may leave the step "
+                           "float32")
+def test_bfloat16_matmul_multiplies_in_bfloat16_where_the_cpu_has_it(tmp_path) -> None:
+    (f32, f32_history), (bf16, bf16_history) = (train_tiny(tmp_path, "f32"),
+                                                train_tiny(tmp_path, "bf16", precision="bfloat16_matmul"))
+    differences = [np.abs(a - b).max() for a, b in zip(f32.get_weights(), bf16.get_weights())]
+    assert max(differences) > 0  # rewritten: bfloat16 products round differently
+    assert bf16_history[0]["loss"] == pytest.approx(f32_history[0]["loss"], abs=1e-2)
+
+
+def test_bfloat16_matmul_refuses_xla_naming_both_flags() -> None:
+    from modules.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="--precision bfloat16_matmul .* --xla on"):
+        TrainingConfig(precision="bfloat16_matmul", xla="on")
+
+
 def test_xla_training_is_compiled_reproducible_and_leaves_the_backbone_unchanged(tmp_path) -> None:
     # XLA ignores the seeds of stateful random ops: without the seeded generator, dropout differs run to run.
     from modules.backbone import weights_fingerprint
@@ -375,5 +418,5 @@ def build_float32(config):
 def test_unknown_precision_is_refused_naming_the_flag() -> None:
     from modules.config import TrainingConfig
 
-    with pytest.raises(ValueError, match="--precision must be one of float32, mixed_bfloat16"):
+    with pytest.raises(ValueError, match="--precision must be one of float32, mixed_bfloat16, bfloat16_matmul"):
         TrainingConfig(precision="float16")
