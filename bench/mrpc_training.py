@@ -10,6 +10,8 @@ same AdapterDrop K. Variants, each one real training run, run in turn on the sam
                    counting the data, every epoch and its dev evaluation, SavedModel export)
   project K=k bf16 + XLA   the same with --precision mixed_bfloat16 --xla on: what --precision auto trains on a
                    CPU with native bfloat16; measured by default on such CPUs only (elsewhere auto is float32)
+  project K=k bfloat16_matmul   the same with --precision bfloat16_matmul (bfloat16 products, float32 elsewhere);
+                   also on such CPUs only
   project full     the same pipeline with --full_finetune (learning rate 3e-5)
   AdapterHub K=k   bench/adapterhub_glue.py train run by $ADAPTERHUB_PYTHON (Houlsby adapters, bottleneck 64, the same MiniLM
                    weights and recipe, batches of similar length padded per batch, leave_out=[0..k-1], torch on
@@ -36,7 +38,8 @@ from modules.trainer import cpu_has_native_bfloat16
 HUB_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", os.path.join(REPO_ROOT, "..", "hubenv", "bin", "python"))
 TASK = "mrpc"
 # --precisions: (the pipeline's --precision, XLA on, the variant name's suffix)
-PRECISIONS = {"float32": ("float32", False, ""), "bf16": ("mixed_bfloat16", True, " bf16 + XLA")}
+PRECISIONS = {"float32": ("float32", False, ""), "bf16": ("mixed_bfloat16", True, " bf16 + XLA"),
+              "bf16_matmul": ("bfloat16_matmul", False, " bfloat16_matmul")}
 
 
 def project(run: Run, epochs: int, output_dir: str) -> Dict[str, Any]:
@@ -85,9 +88,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--drops", type=int, nargs="+", default=[0], metavar="K", help="AdapterDrop K values")
     parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS),
-                        default=["float32", "bf16"] if cpu_has_native_bfloat16() else ["float32"],
-                        help="the project's arithmetic: float32, bf16 (+ XLA); default: both where the CPU has native "
-                             "bfloat16, float32 elsewhere")
+                        default=["float32", "bf16", "bf16_matmul"] if cpu_has_native_bfloat16() else ["float32"],
+                        help="the project's arithmetic: float32, bf16 (+ XLA), bf16_matmul (--precision "
+                             "bfloat16_matmul); default: all three where the CPU has native bfloat16, float32 elsewhere")
     parser.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
     parser.add_argument("--no-adapterhub", action="store_true", help="skip AdapterHub")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "mrpc_training"),

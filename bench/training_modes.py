@@ -1,6 +1,7 @@
-"""Real MRPC training epochs in each arithmetic the Trainer offers: float32 or mixed_bfloat16, with or without XLA.
+"""Real MRPC training epochs in each arithmetic the Trainer offers: float32, mixed_bfloat16 or bfloat16 products
+only, with or without XLA.
 
-    python -m bench.training_modes [--repeats 2] [--examples N] [--epochs 10]
+    python -m bench.training_modes [--repeats 2] [--examples N] [--epochs 10] [--modes float32 "bf16 matmul" ...]
 
 What decides `--precision auto` and `--xla auto`: MRPC's train file tokenised as Transform writes it
 (bench.studies.mrpc_epoch.write_transformed), read with trainer.make_dataset as the Trainer reads it (length
@@ -10,6 +11,7 @@ trainer.build_model + trainer.compile_model trained by Keras fit, one whole epoc
   float32 + XLA        --precision float32 --xla on
   bf16                 --precision mixed_bfloat16 --xla off
   bf16 + XLA           --precision mixed_bfloat16 --xla on
+  bf16 matmul          --precision bfloat16_matmul (float32 model, train step rewritten to bfloat16 products)
 Each mode's first epoch is timed on its own (it traces the step and, under XLA, compiles every batch shape), then
 the later epochs interleaved (A, B, C, D, A, ...), medians reported. "whole run" is what a run of `--epochs`
 epochs spends training: first epoch + (epochs - 1) x the median later epoch (dev evaluation excluded: the same in
@@ -33,6 +35,7 @@ MODES: Dict[str, Tuple[str, bool]] = {  # name -> (precision, XLA)
     "float32 + XLA": ("float32", True),
     "bf16": ("mixed_bfloat16", False),
     "bf16 + XLA": ("mixed_bfloat16", True),
+    "bf16 matmul": ("bfloat16_matmul", False),
 }
 
 
@@ -42,7 +45,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed later epochs per mode")
     parser.add_argument("--examples", type=int, default=0, help="train on the first N examples (0: all 3,668)")
     parser.add_argument("--epochs", type=int, default=10, help="the run length of the whole-run estimate")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                        help="measure only these (float32, the reference of every ratio, always)")
     args = parser.parse_args()
+    modes = {name: MODES[name] for name in MODES if name in args.modes or name == "float32"}
     from bench import common
     from bench.studies.mrpc_epoch import write_transformed
 
@@ -65,7 +71,7 @@ def main() -> None:
     spec.update(length=tf.io.FixedLenFeature([], tf.int64), label=tf.io.FixedLenFeature([], tf.int64))
     task = get_task("mrpc")
     models, datasets, shapes = {}, {}, {}
-    for name, (precision, xla) in MODES.items():
+    for name, (precision, xla) in modes.items():
         config = TrainingConfig(task="mrpc", precision=precision, xla="on" if xla else "off")
         dataset = trainer.make_dataset([records], spec, BATCH, SEQ, shuffle_seed=config.seed, bucketing=True,
                                        bucket_shapes=xla)
@@ -80,24 +86,25 @@ def main() -> None:
 
     def epoch_seconds(name: str) -> float:
         start = time.perf_counter()
-        models[name].fit(datasets[name], epochs=1, verbose=0)
+        with trainer.bfloat16_matmuls(modes[name][0] == "bfloat16_matmul"):
+            models[name].fit(datasets[name], epochs=1, verbose=0)
         return time.perf_counter() - start
 
     first = {}
-    for name in MODES:
+    for name in modes:
         print(f"first epoch, {name} ...", flush=True)
         first[name] = epoch_seconds(name)
         print(f"  {first[name]:.1f} s", flush=True)
-    later = common.interleave({name: (lambda n=name: epoch_seconds(n)) for name in MODES}, args.repeats)
+    later = common.interleave({name: (lambda n=name: epoch_seconds(n)) for name in modes}, args.repeats)
     results = {}
-    for name in MODES:
+    for name in modes:
         median = common.median(later[name])
         results[name] = {"batch_shapes": shapes[name], "first_epoch_seconds": first[name],
                          "later_epoch_seconds": {"values": later[name], "median": median},
                          "examples_per_second": num_examples / median,
                          "whole_run_seconds": first[name] + (args.epochs - 1) * median}
     base = results["float32"]["whole_run_seconds"]
-    for name in MODES:
+    for name in modes:
         results[name]["whole_run_speedup"] = base / results[name]["whole_run_seconds"]
     print()
     table = common.print_table(
