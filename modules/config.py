@@ -15,7 +15,7 @@ from modules.glue import GlueTask, task_from_config
 
 DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distribution
 # TrainingConfig.precision: Keras mixed-precision policies, "bfloat16_matmul" (trainer.bfloat16_matmuls), or "auto"
-# (trainer.resolve_precision: mixed_bfloat16 on CPUs with native bfloat16 arithmetic, float32 elsewhere).
+# (trainer.resolve_precision: bfloat16_matmul on CPUs with native bfloat16 arithmetic and oneDNN, float32 elsewhere).
 PRECISIONS = ("float32", "mixed_bfloat16", "bfloat16_matmul", "auto")
 # TrainingConfig.xla: compile the train step with XLA; "auto" (trainer.resolve_xla): where it is faster.
 XLA_MODES = ("auto", "on", "off")
@@ -61,9 +61,11 @@ class TrainingConfig:
     # Training arithmetic. "mixed_bfloat16": float32 weights, every layer computing in bfloat16; about 1.3x fewer
     # CPU seconds a step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without.
     # "bfloat16_matmul": a float32 model whose train step TensorFlow rewrites to multiply matrices in bfloat16 and
-    # do everything else in float32 (trainer.bfloat16_matmuls; not under XLA). The exported model computes as
-    # serving_export says, float32 by default, whatever the training arithmetic.
-    precision: str = "float32"
+    # do everything else in float32 (trainer.bfloat16_matmuls; not under XLA). "auto" (the default): bfloat16_matmul
+    # where the CPU has native bfloat16 and oneDNN is on, float32 elsewhere or with --xla on (docs/results.md: the
+    # speed, and the accuracy on MRPC, RTE and STS-B). The exported model computes as serving_export says, float32 by default, whatever the training
+    # arithmetic.
+    precision: str = "auto"
     # The train step compiled by XLA (Keras jit_compile), batches then padded to their length bucket's bound so
     # that XLA compiles a few shapes instead of one per batch length. "auto": on with mixed_bfloat16 on one
     # machine (trainer.resolve_xla), where whole runs measured it faster.

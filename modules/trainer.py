@@ -343,14 +343,25 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
-def resolve_precision(precision: str) -> str:
-    """The Keras policy of TrainingConfig.precision: "auto" is mixed_bfloat16 on CPUs with native bfloat16
-    (where it is faster) and float32 elsewhere (where bfloat16 is emulated and slower)."""
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs oneDNN's kernels and graph rewrites (TF_ENABLE_ONEDNN_OPTS; on by default on x86
+    CPUs with AVX512-VNNI, AVX512-BF16 or AMX): bfloat16_matmuls is one of those rewrites."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def resolve_precision(precision: str, xla: str = "auto") -> str:
+    """TrainingConfig.precision resolved: "auto" is bfloat16_matmul on CPUs with native bfloat16 where oneDNN is
+    on (faster, and accuracy-neutral on MRPC, RTE and STS-B: docs/results.md), float32 elsewhere (emulated
+    bfloat16 is slower, and without oneDNN the rewrite does not run) and with `xla` "on" (XLA does not run it)."""
     if precision != "auto":
         return precision
-    resolved = "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
-    logging.info("--precision auto: %s (CPU flags %s %s)", resolved, "/".join(BF16_CPU_FLAGS),
-                 "present" if resolved != "float32" else "absent")
+    native, onednn = cpu_has_native_bfloat16(), onednn_enabled()
+    resolved = "bfloat16_matmul" if native and onednn and xla != "on" else "float32"
+    logging.info("--precision auto: %s (native bfloat16 arithmetic: %s; oneDNN: %s; --xla %s)", resolved,
+                 "yes" if native else f"no, none of the CPU flags {'/'.join(BF16_CPU_FLAGS)}", "on" if onednn else "off",
+                 xla)
     return resolved
 
 
@@ -414,7 +425,7 @@ def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str]
     """
     previous = keras.mixed_precision.global_policy()
     generator_before = keras.backend.experimental.is_tf_random_generator_enabled()
-    policy = resolve_precision(precision or config.precision)
+    policy = resolve_precision(precision or config.precision, config.xla)
     keras.mixed_precision.set_global_policy("float32" if policy == "bfloat16_matmul" else policy)
     if xla:
         keras.backend.experimental.enable_tf_random_generator()
@@ -477,7 +488,7 @@ def train(
     strategy = strategy or distribution_strategy(config.distribution)
     task = config.task_description()
     keras.utils.set_random_seed(config.seed)
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(config.precision, config.xla)
     xla = resolve_xla(config, precision, strategy)
     train_data = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
                               shuffle_seed=config.seed, bucketing=config.bucketing, rows=train_rows, bucket_shapes=xla)

@@ -1,4 +1,4 @@
-"""--precision auto: mixed_bfloat16 only where /proc/cpuinfo shows native bfloat16 arithmetic; --xla auto with it."""
+"""--precision auto: bfloat16_matmul where /proc/cpuinfo shows native bfloat16 and oneDNN is on; --xla auto."""
 import pytest
 
 from modules import trainer
@@ -19,19 +19,23 @@ def test_unreadable_cpuinfo_means_no_native_bfloat16(tmp_path) -> None:
     assert trainer.cpu_has_native_bfloat16(str(tmp_path / "missing")) is False
 
 
-@pytest.mark.parametrize("native,expected", [(True, "mixed_bfloat16"), (False, "float32")])
-def test_auto_resolves_by_the_cpu_and_explicit_precisions_stay(monkeypatch, native: bool, expected: str) -> None:
+@pytest.mark.parametrize("native,onednn,expected", [(True, True, "bfloat16_matmul"), (True, False, "float32"),
+                                                     (False, True, "float32")])
+def test_auto_resolves_by_the_cpu_and_onednn_and_explicit_precisions_stay(monkeypatch, native: bool, onednn: bool,
+                                                                          expected: str) -> None:
     monkeypatch.setattr(trainer, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(trainer, "onednn_enabled", lambda: onednn)
     assert trainer.resolve_precision("auto") == expected
-    assert trainer.resolve_precision("float32") == "float32"
-    assert trainer.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert trainer.resolve_precision("auto", xla="on") == "float32"  # XLA would not run the rewrite
+    for precision in ("float32", "mixed_bfloat16", "bfloat16_matmul"):
+        assert trainer.resolve_precision(precision) == precision
 
 
-def test_auto_is_accepted_and_float32_stays_the_default() -> None:
+def test_auto_is_the_default() -> None:
     from modules.config import TrainingConfig
 
-    assert TrainingConfig().precision == "float32"
-    assert TrainingConfig(precision="auto").precision == "auto"
+    assert TrainingConfig().precision == "auto"
+    assert TrainingConfig(precision="float32").precision == "float32"
 
 
 @pytest.mark.parametrize("xla,precision,replicas,adapter_drop,expected", [

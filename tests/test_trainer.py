@@ -374,7 +374,7 @@ def test_bfloat16_matmul_trains_a_float32_model_reproducibly_and_then_restores_t
                     reason="the CPU has no native bfloat16 (avx512_bf16 / amx_bf16): TensorFlow may leave the step "
                            "float32")
 def test_bfloat16_matmul_multiplies_in_bfloat16_where_the_cpu_has_it(tmp_path) -> None:
-    (f32, f32_history), (bf16, bf16_history) = (train_tiny(tmp_path, "f32"),
+    (f32, f32_history), (bf16, bf16_history) = (train_tiny(tmp_path, "f32", precision="float32"),
                                                 train_tiny(tmp_path, "bf16", precision="bfloat16_matmul"))
     differences = [np.abs(a - b).max() for a, b in zip(f32.get_weights(), bf16.get_weights())]
     assert max(differences) > 0  # rewritten: bfloat16 products round differently
