@@ -8,10 +8,10 @@ same AdapterDrop K. Variants, each one real training run, run in turn on the sam
                    (bench.glue_accuracy's run_pipeline; length-bucketed batches, K > 0 with the cached frozen prefix,
                    every core); "whole s" is the Trainer component's wall time from ML Metadata (backbone load,
                    counting the data, every epoch and its dev evaluation, SavedModel export)
-  project K=k bf16 + XLA   the same with --precision mixed_bfloat16 --xla on: what --precision auto trains on a
-                   CPU with native bfloat16; measured by default on such CPUs only (elsewhere auto is float32)
-  project K=k bfloat16_matmul   the same with --precision bfloat16_matmul (bfloat16 products, float32 elsewhere);
-                   also on such CPUs only
+  project K=k bf16 + XLA   the same with --precision mixed_bfloat16 --xla on: the fastest arithmetic (what auto
+                   trained until 2026-12-07); measured by default on CPUs with native bfloat16 only
+  project K=k bfloat16_matmul   the same with --precision bfloat16_matmul (bfloat16 products, float32 elsewhere):
+                   what the default, --precision auto, trains on such CPUs; also on them only
   project full     the same pipeline with --full_finetune (learning rate 3e-5)
   AdapterHub K=k   bench/adapterhub_glue.py train run by $ADAPTERHUB_PYTHON (Houlsby adapters, bottleneck 64, the same MiniLM
                    weights and recipe, batches of similar length padded per batch, leave_out=[0..k-1], torch on

@@ -7,11 +7,12 @@ What decides `--precision auto` and `--xla auto`: MRPC's train file tokenised as
 (bench.studies.mrpc_epoch.write_transformed), read with trainer.make_dataset as the Trainer reads it (length
 buckets, batch 32, shuffle seed 42; under XLA each batch padded to its bucket's bound), the adapter model of
 trainer.build_model + trainer.compile_model trained by Keras fit, one whole epoch per measurement:
-  float32              today's default
+  float32              the default on CPUs without native bfloat16
   float32 + XLA        --precision float32 --xla on
   bf16                 --precision mixed_bfloat16 --xla off
   bf16 + XLA           --precision mixed_bfloat16 --xla on
-  bf16 matmul          --precision bfloat16_matmul (float32 model, train step rewritten to bfloat16 products)
+  bf16 matmul          --precision bfloat16_matmul (float32 model, train step rewritten to bfloat16 products): the
+                       default on CPUs with native bfloat16
 Each mode's first epoch is timed on its own (it traces the step and, under XLA, compiles every batch shape), then
 the later epochs interleaved (A, B, C, D, A, ...), medians reported. "whole run" is what a run of `--epochs`
 epochs spends training: first epoch + (epochs - 1) x the median later epoch (dev evaluation excluded: the same in
