@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS),
                         default=["float32", "bf16", "bf16_matmul"] if cpu_has_native_bfloat16() else ["float32"],
                         help="the project's arithmetic: float32, bf16 (+ XLA), bf16_matmul (--precision "
-                             "bfloat16_matmul); default: all three where the CPU has native bfloat16, float32 elsewhere")
+                             "bfloat16_matmul); default: all three where the CPU has native bfloat16, float32 "
+                             "elsewhere")
     parser.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
     parser.add_argument("--no-adapterhub", action="store_true", help="skip AdapterHub")
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "outputs", "mrpc_training"),

@@ -63,8 +63,8 @@ class TrainingConfig:
     # "bfloat16_matmul": a float32 model whose train step TensorFlow rewrites to multiply matrices in bfloat16 and
     # do everything else in float32 (trainer.bfloat16_matmuls; not under XLA). "auto" (the default): bfloat16_matmul
     # where the CPU has native bfloat16 and oneDNN is on, float32 elsewhere or with --xla on (docs/results.md: the
-    # speed, and the accuracy on MRPC, RTE and STS-B). The exported model computes as serving_export says, float32 by default, whatever the training
-    # arithmetic.
+    # speed, and the accuracy on MRPC, RTE and STS-B). The exported model computes as serving_export says, float32
+    # by default, whatever the training arithmetic.
     precision: str = "auto"
     # The train step compiled by XLA (Keras jit_compile), batches then padded to their length bucket's bound so
     # that XLA compiles a few shapes instead of one per batch length. "auto": on with mixed_bfloat16 on one

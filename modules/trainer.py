@@ -360,8 +360,8 @@ def resolve_precision(precision: str, xla: str = "auto") -> str:
     native, onednn = cpu_has_native_bfloat16(), onednn_enabled()
     resolved = "bfloat16_matmul" if native and onednn and xla != "on" else "float32"
     logging.info("--precision auto: %s (native bfloat16 arithmetic: %s; oneDNN: %s; --xla %s)", resolved,
-                 "yes" if native else f"no, none of the CPU flags {'/'.join(BF16_CPU_FLAGS)}", "on" if onednn else "off",
-                 xla)
+                 "yes" if native else f"no, none of the CPU flags {'/'.join(BF16_CPU_FLAGS)}",
+                 "on" if onednn else "off", xla)
     return resolved
 
 
