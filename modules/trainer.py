@@ -368,7 +368,8 @@ def resolve_precision(precision: str, xla: str = "auto") -> str:
 def resolve_xla(config: TrainingConfig, precision: str, strategy: tf.distribute.Strategy) -> bool:
     """Whether the train step is XLA-compiled: config.xla, with "auto" on for mixed_bfloat16 (`precision`,
     resolved) on one replica without AdapterDrop's prefix cache (whose batches have a shape per length); off for
-    float32, where whole runs gained little or lost (docs/results.md)."""
+    float32, where whole runs gained little or lost (docs/results.md), and for bfloat16_matmul, whose rewrite XLA
+    does not run."""
     if config.xla != "auto":
         return config.xla == "on"
     return (precision == "mixed_bfloat16" and strategy.num_replicas_in_sync == 1
