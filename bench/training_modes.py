@@ -91,16 +91,17 @@ def main() -> None:
             models[name].fit(datasets[name], epochs=1, verbose=0)
         return time.perf_counter() - start
 
-    first = {}
+    first, traces = {}, {}
     for name in modes:
         print(f"first epoch, {name} ...", flush=True)
         first[name] = epoch_seconds(name)
-        print(f"  {first[name]:.1f} s", flush=True)
+        traces[name] = models[name].train_tf_function.experimental_get_tracing_count()
+        print(f"  {first[name]:.1f} s, the train step traced {traces[name]} time(s)", flush=True)
     later = common.interleave({name: (lambda n=name: epoch_seconds(n)) for name in modes}, args.repeats)
     results = {}
     for name in modes:
         median = common.median(later[name])
-        results[name] = {"batch_shapes": shapes[name], "first_epoch_seconds": first[name],
+        results[name] = {"batch_shapes": shapes[name], "first_epoch_seconds": first[name], "traces": traces[name],
                          "later_epoch_seconds": {"values": later[name], "median": median},
                          "examples_per_second": num_examples / median,
                          "whole_run_seconds": first[name] + (args.epochs - 1) * median}

@@ -1,4 +1,5 @@
-"""Where an adapter training step's time goes outside its matrix products, float32 against mixed_bfloat16.
+"""Where an adapter training step's time goes outside its matrix products: float32, mixed_bfloat16 and bfloat16
+products only (--precision bfloat16_matmul, the default on CPUs with native bfloat16).
 
     python -m bench.studies.train_step_profile [--steps 5] [--repeats 3]
 
@@ -59,19 +60,24 @@ def main() -> None:
     import tensorflow as tf
 
     from bench.studies.serving_profile import ADAPTER_OPS, op_time_by_type
+    from modules.trainer import bfloat16_matmuls
     from bench.train_throughput import (BATCH, SEQ, MatmulLimit, adapter_params, build, fit_rate, flops_per_example,
                                         matmul_shapes, synthetic_batch, synthetic_dataset)
 
     features, labels = synthetic_batch()
     dataset = synthetic_dataset(features, labels)
-    models = {"float32": build(False), "mixed_bfloat16": build(False, bf16=True)}
+    models = {"float32": build(False), "mixed_bfloat16": build(False, bf16=True), "bfloat16_matmul": build(False)}
+    fit_names = {"float32": "adapter", "mixed_bfloat16": "adapter_bf16", "bfloat16_matmul": "adapter_bf16_matmul"}
     config = models["float32"].bert.config
     limits = {"float32": MatmulLimit(matmul_shapes(config, BATCH * SEQ), "float32"),
-              "mixed_bfloat16": MatmulLimit(matmul_shapes(config, BATCH * SEQ), "bfloat16")}
+              "bfloat16": MatmulLimit(matmul_shapes(config, BATCH * SEQ), "bfloat16")}
+    limit_of = {"float32": "float32", "mixed_bfloat16": "bfloat16", "bfloat16_matmul": "bfloat16"}
     for name, model in models.items():  # trace and warm up
-        fit_rate(model, dataset, args.steps, name)
-        limits[name].measure(1)
-    variants = {name: (lambda m=model, n=name: fit_rate(m, dataset, args.steps, n)) for name, model in models.items()}
+        fit_rate(model, dataset, args.steps, fit_names[name])
+    for limit in limits.values():
+        limit.measure(1)
+    variants = {name: (lambda m=model, n=fit_names[name]: fit_rate(m, dataset, args.steps, n))
+                for name, model in models.items()}
     variants.update({f"matmul limit {name}": (lambda l=limit: l.measure(args.steps)) for name, limit in limits.items()})
     values = common.interleave(variants, args.repeats)
     train_flops = flops_per_example(config, SEQ, adapter_params(models["float32"]))["train"] * BATCH
@@ -80,12 +86,13 @@ def main() -> None:
     for name, model in models.items():
         logdir = tempfile.mkdtemp(prefix=f"train_step_profile_{name}_")
         tf.profiler.experimental.start(logdir)
-        model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        with bfloat16_matmuls(name == "bfloat16_matmul"):
+            model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
         tf.profiler.experimental.stop()
         by_type = op_time_by_type(logdir, args.steps)
         profiles[name] = by_type
         step_ms = 1000 * BATCH / common.median(values[name])
-        limit = common.median(values[f"matmul limit {name}"])
+        limit = common.median(values[f"matmul limit {limit_of[name]}"])
         totals: Dict[str, float] = {}
         for op_type, figures in by_type.items():
             if op_type != ADAPTER_OPS:
