@@ -141,7 +141,8 @@ def rows_of(name: str, r: Dict[str, Any]) -> List[List[str]]:
     if name == "train_throughput":
         labels = {"adapter": "adapters, float32", "adapter_xla": "adapters, float32 + XLA",
                   "adapter_bf16": "adapters, mixed_bfloat16", "adapter_bf16_xla": "adapters, mixed_bfloat16 + XLA",
-                  "adapter_bf16_matmul": "adapters, bfloat16_matmul", "full": "full fine-tuning, float32",
+                  "adapter_bf16_matmul": "adapters, bfloat16_matmul",
+                  "adapter_bf16_matmul_xla": "adapters, bfloat16_matmul + XLA", "full": "full fine-tuning, float32",
                   "adapterhub": "AdapterHub adapters, float32",
                   "adapterhub_bf16": "AdapterHub adapters, bf16 autocast",
                   "adapterhub_compile": "AdapterHub adapters, float32, torch.compile",

@@ -15,6 +15,7 @@ Variants measured in one process:
   adapter_bf16_xla   both
   adapter_bf16_matmul  the float32 adapter model under --precision bfloat16_matmul: TensorFlow rewrites its train
                      step to multiply matrices in bfloat16 and do everything else in float32 (trainer.bfloat16_matmuls)
+  adapter_bf16_matmul_xla  the same with --xla on: XLA-compiled, the Dense layers casting to bfloat16 products
   adapterhub         with --adapterhub PYTHON (a Python with PyTorch and AdapterHub's `adapters`, docs/adapterhub.md):
                      AdapterHub's Houlsby adapters (bottleneck 64, gelu) on the same MiniLM weights and batch layout,
                      bench/studies/adapterhub_drop.py at K = 0 in that Python, asked for one measurement at its turn
@@ -48,7 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 BATCH, SEQ = 32, 128
 TARGETS = {"float32": 0.60, "bfloat16": 0.40}  # issue #31: training's share of the matmul limit, per precision
-BF16_VARIANTS = ("adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul", "adapterhub_bf16",
+BF16_VARIANTS = ("adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul", "adapter_bf16_matmul_xla", "adapterhub_bf16",
                  "adapterhub_bf16_compile")
 THREAD_SETTINGS = {  # name -> (intra_op, inter_op, extra env)
     "default(intra=0,inter=0)": (0, 0, {}),
@@ -167,7 +168,7 @@ def fit_rate(model, dataset, steps: int, name: str = "") -> float:
     from modules.trainer import bfloat16_matmuls
 
     start, cpu = time.perf_counter(), time.process_time()
-    with bfloat16_matmuls(name == "adapter_bf16_matmul"):  # rewrites the train step when it is first run
+    with bfloat16_matmuls(name.startswith("adapter_bf16_matmul"), model):  # applies when the step is traced
         model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     CPU_SECONDS_PER_STEP.setdefault(name, []).append((time.process_time() - cpu) / steps)
     return steps * BATCH / (time.perf_counter() - start)
@@ -230,9 +231,10 @@ def main() -> None:
         "adapter_bf16": build(False, bf16=True),
         "adapter_bf16_xla": build(False, jit_compile=True, bf16=True),
         "adapter_bf16_matmul": build(False),
+        "adapter_bf16_matmul_xla": build(False, jit_compile=True),
     }
     reference = models["adapter"]
-    for name in ("adapter_xla", "adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul"):
+    for name in ("adapter_xla", "adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul", "adapter_bf16_matmul_xla"):
         models[name].set_weights(reference.get_weights())  # same adapters, head and backbone everywhere
     trainable = {name: int(sum(np.prod(v.shape) for v in m.trainable_variables)) for name, m in models.items()}
     bert_config = reference.bert.config
@@ -278,7 +280,8 @@ def main() -> None:
         variants[name] = lambda fn=fn, n=name: loop_rate(fn, features, labels, args.steps, n)
     # Matrix-product FLOPs per example of every variant that trains or runs the model (flops_per_example).
     flops = {name: adapter_flops["train"] for name in ("adapter", "adapter_xla", "adapter_bf16", "adapter_bf16_xla",
-                                                       "adapter_bf16_matmul", "adapter_fwd_bwd")}
+                                                       "adapter_bf16_matmul", "adapter_bf16_matmul_xla",
+                                                       "adapter_fwd_bwd")}
     flops.update(full=full_flops["train"], full_fwd_bwd=full_flops["train"], forward=adapter_flops["forward"],
                  adapter_fwd_train=adapter_flops["forward"], full_fwd_train=full_flops["forward"])
 
@@ -364,6 +367,7 @@ def main() -> None:
         "adapter_bf16 / adapter": med["adapter_bf16"] / med["adapter"],
         "adapter_bf16_xla / adapter": med["adapter_bf16_xla"] / med["adapter"],
         "adapter_bf16_matmul / adapter": med["adapter_bf16_matmul"] / med["adapter"],
+        "adapter_bf16_matmul_xla / adapter": med["adapter_bf16_matmul_xla"] / med["adapter"],
     }
     if hub:
         ratios["adapter / adapterhub (float32)"] = med["adapter"] / med["adapterhub"]
@@ -378,7 +382,8 @@ def main() -> None:
         breakdown[kind] = {"step_s": step, "forward_s": f, "backward_s": fb - f, "optimizer_and_keras_s": step - fb}
 
     targets = {"adapter >= 25 ex/s": med["adapter"] >= 25, "adapter >= 1.5x full": ratios["adapter / full"] >= 1.5}
-    for name in ("adapter", "adapter_xla", "full", "adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul"):
+    for name in ("adapter", "adapter_xla", "full", "adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul",
+                 "adapter_bf16_matmul_xla"):
         dtype = "bfloat16" if name in BF16_VARIANTS else "float32"
         targets[f"{name} >= {TARGETS[dtype]:.0%} of the {dtype} matmul limit"] = share[name][dtype] >= TARGETS[dtype]
 

@@ -13,6 +13,7 @@ trainer.build_model + trainer.compile_model trained by Keras fit, one whole epoc
   bf16 + XLA           --precision mixed_bfloat16 --xla on
   bf16 matmul          --precision bfloat16_matmul (float32 model, train step rewritten to bfloat16 products): the
                        default on CPUs with native bfloat16
+  bf16 matmul + XLA    --precision bfloat16_matmul --xla on (the Dense layers cast to bfloat16 products themselves)
 Each mode's first epoch is timed on its own (it traces the step and, under XLA, compiles every batch shape), then
 the later epochs interleaved (A, B, C, D, A, ...), medians reported. "whole run" is what a run of `--epochs`
 epochs spends training: first epoch + (epochs - 1) x the median later epoch (dev evaluation excluded: the same in
@@ -37,6 +38,7 @@ MODES: Dict[str, Tuple[str, bool]] = {  # name -> (precision, XLA)
     "bf16": ("mixed_bfloat16", False),
     "bf16 + XLA": ("mixed_bfloat16", True),
     "bf16 matmul": ("bfloat16_matmul", False),
+    "bf16 matmul + XLA": ("bfloat16_matmul", True),
 }
 
 
@@ -87,7 +89,7 @@ def main() -> None:
 
     def epoch_seconds(name: str) -> float:
         start = time.perf_counter()
-        with trainer.bfloat16_matmuls(modes[name][0] == "bfloat16_matmul"):
+        with trainer.bfloat16_matmuls(modes[name][0] == "bfloat16_matmul", models[name]):
             models[name].fit(datasets[name], epochs=1, verbose=0)
         return time.perf_counter() - start
 

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -354,7 +355,8 @@ def onednn_enabled() -> bool:
 def resolve_precision(precision: str, xla: str = "auto") -> str:
     """TrainingConfig.precision resolved: "auto" is bfloat16_matmul on CPUs with native bfloat16 where oneDNN is
     on (faster, and accuracy-neutral on MRPC, RTE and STS-B: docs/results.md), float32 elsewhere (emulated
-    bfloat16 is slower, and without oneDNN the rewrite does not run) and with `xla` "on" (XLA does not run it)."""
+    bfloat16 is slower, and without oneDNN the rewrite does not run) and with `xla` "on" (bfloat16_matmul under
+    XLA, bfloat16_matmuls' Dense path, has not been through the accuracy rule)."""
     if precision != "auto":
         return precision
     native, onednn = cpu_has_native_bfloat16(), onednn_enabled()
@@ -368,8 +370,8 @@ def resolve_precision(precision: str, xla: str = "auto") -> str:
 def resolve_xla(config: TrainingConfig, precision: str, strategy: tf.distribute.Strategy) -> bool:
     """Whether the train step is XLA-compiled: config.xla, with "auto" on for mixed_bfloat16 (`precision`,
     resolved) on one replica without AdapterDrop's prefix cache (whose batches have a shape per length); off for
-    float32, where whole runs gained little or lost (docs/results.md), and for bfloat16_matmul, whose rewrite XLA
-    does not run."""
+    float32, where whole runs gained little or lost (docs/results.md), and for bfloat16_matmul, whose accuracy was
+    measured without XLA (with --xla on its products are cast in the Dense layers: bfloat16_matmuls)."""
     if config.xla != "auto":
         return config.xla == "on"
     return (precision == "mixed_bfloat16" and strategy.num_replicas_in_sync == 1
@@ -388,15 +390,24 @@ INFER_LIST_REMOVE = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_REMOVE"
 
 
 @contextlib.contextmanager
-def bfloat16_matmuls(enabled: bool = True) -> Iterator[None]:
+def bfloat16_matmuls(enabled: bool = True, model: Optional[keras.Model] = None) -> Iterator[None]:
     """TensorFlow functions first run inside multiply matrices in bfloat16 (oneDNN, float32 accumulation) and do
     every other op in float32, on float32 variables: grappler's oneDNN auto mixed precision with its infer list
     emptied, so a product's result is cast back to float32 at once. Why not mixed_bfloat16: on CPU, TensorFlow's
     bfloat16 elementwise kernels (GELU, softmax, LayerNorm, dropout) are slower than its float32 ones and round
     every intermediate; the products are where bfloat16 pays (bench.studies.train_step_profile). Grappler
-    rewrites a function when it is first run, so later functions (the Evaluator's, serving) stay float32."""
+    rewrites a function when it is first run, so later functions (the Evaluator's, serving) stay float32.
+
+    XLA does not run grappler: for a `model` whose train step XLA compiles (model.jit_compile), its Dense layers
+    cast their input and kernel to bfloat16 themselves while the context lasts (_bfloat16_dense_call), the same
+    arithmetic for every linear layer; the attention's two batch products (tf.matmul inside transformers'
+    attention, about 5% of the model's FLOPs at length 128) stay float32."""
     if not enabled:
         yield
+        return
+    if model is not None and model.jit_compile:
+        with _bfloat16_dense_products(model):
+            yield
         return
     previous_options = tf.config.optimizer.get_experimental_options()
     previous_list = os.environ.get(INFER_LIST_REMOVE)
@@ -412,6 +423,32 @@ def bfloat16_matmuls(enabled: bool = True) -> Iterator[None]:
             os.environ.pop(INFER_LIST_REMOVE, None)
         else:
             os.environ[INFER_LIST_REMOVE] = previous_list
+
+
+def _bfloat16_dense_call(self: keras.layers.Dense, inputs: tf.Tensor) -> tf.Tensor:
+    """keras.layers.Dense.call for a dense float32 input with the product in bfloat16, cast back to float32 before
+    the bias and the activation, as grappler's rewrite does it."""
+    rank = inputs.shape.rank
+    x, kernel = tf.cast(inputs, tf.bfloat16), tf.cast(self.kernel, tf.bfloat16)
+    product = tf.matmul(x, kernel) if rank == 2 else tf.tensordot(x, kernel, [[rank - 1], [0]])
+    outputs = tf.cast(product, tf.float32)
+    outputs.set_shape(inputs.shape[:-1].concatenate([self.units]))
+    if self.use_bias:
+        outputs = tf.nn.bias_add(outputs, self.bias)
+    return outputs if self.activation is None else self.activation(outputs)
+
+
+@contextlib.contextmanager
+def _bfloat16_dense_products(model: keras.Model) -> Iterator[None]:
+    """`model`'s keras Dense layers (not subclasses, which may compute otherwise) call _bfloat16_dense_call."""
+    layers = [layer for layer in model.submodules if type(layer) is keras.layers.Dense]
+    for layer in layers:
+        layer.call = types.MethodType(_bfloat16_dense_call, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.call
 
 
 def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str] = None,
@@ -516,7 +553,7 @@ def train(
     progress = ProgressLogger(task, eval_data, num_examples, config.epochs, progress_dir, config.batch_size,
                               steps_per_epoch, eval_name=eval_name, patience=patience)
     try:  # Keras' TensorBoard callback redirects the other workers' logs itself
-        with bfloat16_matmuls(precision == "bfloat16_matmul"):
+        with bfloat16_matmuls(precision == "bfloat16_matmul", model):
             model.fit(train_data, epochs=config.epochs, verbose=0,
                       callbacks=[progress, keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
     finally:

@@ -381,11 +381,38 @@ def test_bfloat16_matmul_multiplies_in_bfloat16_where_the_cpu_has_it(tmp_path) -
     assert bf16_history[0]["loss"] == pytest.approx(f32_history[0]["loss"], abs=1e-2)
 
 
-def test_bfloat16_matmul_refuses_xla_naming_both_flags() -> None:
-    from modules.config import TrainingConfig
+def test_bfloat16_matmul_under_xla_casts_in_the_dense_layers_only_while_the_context_lasts() -> None:
+    # XLA does not run grappler's rewrite: the Dense layers cast to bfloat16 themselves, and only inside the context.
+    import tf_keras as keras
+    from modules.trainer import bfloat16_matmuls
 
-    with pytest.raises(ValueError, match="--precision bfloat16_matmul .* --xla on"):
-        TrainingConfig(precision="bfloat16_matmul", xla="on")
+    inputs = keras.Input([None, 8])
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="relu")(inputs))
+    dense = model.layers[-1]
+    x = tf.random.stateless_normal([2, 5, 8], seed=[1, 2])
+    bf16 = tf.bfloat16
+    expected = tf.nn.relu(tf.cast(tf.tensordot(tf.cast(x, bf16), tf.cast(dense.kernel, bf16), 1), tf.float32)
+                          + dense.bias)
+    float32 = model(x)
+    model.jit_compile = True
+    with bfloat16_matmuls(True, model):
+        products = model(x)
+        assert "call" in vars(dense)
+    assert "call" not in vars(dense)
+    np.testing.assert_array_equal(products.numpy(), expected.numpy())
+    assert not np.array_equal(products.numpy(), float32.numpy())
+    np.testing.assert_array_equal(model(x).numpy(), float32.numpy())
+    assert not tf.config.optimizer.get_experimental_options().get("auto_mixed_precision_onednn_bfloat16", False)
+
+
+def test_bfloat16_matmul_under_xla_trains_reproducibly_and_restores_the_layers(tmp_path) -> None:
+    (model, history), (again, history_again) = [
+        train_tiny(tmp_path, f"xla{i}", precision="bfloat16_matmul", xla="on") for i in range(2)]
+    assert model.jit_compile and model.compute_dtype == "float32"
+    assert [r["loss"] for r in history] == [r["loss"] for r in history_again]
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not any("call" in vars(layer) for layer in model.submodules)
 
 
 def test_xla_training_is_compiled_reproducible_and_leaves_the_backbone_unchanged(tmp_path) -> None:

@@ -86,7 +86,7 @@ def main() -> None:
     for name, model in models.items():
         logdir = tempfile.mkdtemp(prefix=f"train_step_profile_{name}_")
         tf.profiler.experimental.start(logdir)
-        with bfloat16_matmuls(name == "bfloat16_matmul"):
+        with bfloat16_matmuls(name == "bfloat16_matmul", model):
             model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
         tf.profiler.experimental.stop()
         by_type = op_time_by_type(logdir, args.steps)
