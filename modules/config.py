@@ -62,7 +62,7 @@ class TrainingConfig:
     # CPU seconds a step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without.
     # "bfloat16_matmul": a float32 model whose train step multiplies matrices in bfloat16 and does everything else
     # in float32 (trainer.bfloat16_matmuls; a graph rewrite, or under --xla on casts in the Dense layers, an option
-    # whose accuracy is not yet measured: docs/results.md). "auto" (the default): bfloat16_matmul
+    # that passed the accuracy rule with STS-B at its margin: docs/results.md). "auto" (the default): bfloat16_matmul
     # where the CPU has native bfloat16 and oneDNN is on, float32 elsewhere or with --xla on (docs/results.md: the
     # speed, and the accuracy on MRPC, RTE and STS-B). The exported model computes as serving_export says, float32
     # by default, whatever the training arithmetic.
