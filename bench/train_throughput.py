@@ -49,8 +49,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 BATCH, SEQ = 32, 128
 TARGETS = {"float32": 0.60, "bfloat16": 0.40}  # issue #31: training's share of the matmul limit, per precision
-BF16_VARIANTS = ("adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul", "adapter_bf16_matmul_xla", "adapterhub_bf16",
-                 "adapterhub_bf16_compile")
+BF16_VARIANTS = ("adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul", "adapter_bf16_matmul_xla",
+                 "adapterhub_bf16", "adapterhub_bf16_compile")
 THREAD_SETTINGS = {  # name -> (intra_op, inter_op, extra env)
     "default(intra=0,inter=0)": (0, 0, {}),
     "intra=2,inter=1": (2, 1, {}),
@@ -234,7 +234,8 @@ def main() -> None:
         "adapter_bf16_matmul_xla": build(False, jit_compile=True),
     }
     reference = models["adapter"]
-    for name in ("adapter_xla", "adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul", "adapter_bf16_matmul_xla"):
+    adapter_variants = [name for name in models if name.startswith("adapter_")]  # the adapter model, another way
+    for name in adapter_variants:
         models[name].set_weights(reference.get_weights())  # same adapters, head and backbone everywhere
     trainable = {name: int(sum(np.prod(v.shape) for v in m.trainable_variables)) for name, m in models.items()}
     bert_config = reference.bert.config
@@ -279,9 +280,7 @@ def main() -> None:
                      ("full_fwd_train", fwd_f), ("full_fwd_bwd", fwd_bwd_f)):
         variants[name] = lambda fn=fn, n=name: loop_rate(fn, features, labels, args.steps, n)
     # Matrix-product FLOPs per example of every variant that trains or runs the model (flops_per_example).
-    flops = {name: adapter_flops["train"] for name in ("adapter", "adapter_xla", "adapter_bf16", "adapter_bf16_xla",
-                                                       "adapter_bf16_matmul", "adapter_bf16_matmul_xla",
-                                                       "adapter_fwd_bwd")}
+    flops = {name: adapter_flops["train"] for name in ["adapter", *adapter_variants, "adapter_fwd_bwd"]}
     flops.update(full=full_flops["train"], full_fwd_bwd=full_flops["train"], forward=adapter_flops["forward"],
                  adapter_fwd_train=adapter_flops["forward"], full_fwd_train=full_flops["forward"])
 
@@ -363,11 +362,7 @@ def main() -> None:
         "adapter / full": med["adapter"] / med["full"],
         "adapter / full (by CPU s/step)": cpu_med["full"] / cpu_med["adapter"],
         "adapter / (forward/2)": med["adapter"] / (med["forward"] / 2),
-        "adapter_xla / adapter": med["adapter_xla"] / med["adapter"],
-        "adapter_bf16 / adapter": med["adapter_bf16"] / med["adapter"],
-        "adapter_bf16_xla / adapter": med["adapter_bf16_xla"] / med["adapter"],
-        "adapter_bf16_matmul / adapter": med["adapter_bf16_matmul"] / med["adapter"],
-        "adapter_bf16_matmul_xla / adapter": med["adapter_bf16_matmul_xla"] / med["adapter"],
+        **{f"{name} / adapter": med[name] / med["adapter"] for name in adapter_variants},
     }
     if hub:
         ratios["adapter / adapterhub (float32)"] = med["adapter"] / med["adapterhub"]
@@ -382,8 +377,7 @@ def main() -> None:
         breakdown[kind] = {"step_s": step, "forward_s": f, "backward_s": fb - f, "optimizer_and_keras_s": step - fb}
 
     targets = {"adapter >= 25 ex/s": med["adapter"] >= 25, "adapter >= 1.5x full": ratios["adapter / full"] >= 1.5}
-    for name in ("adapter", "adapter_xla", "full", "adapter_bf16", "adapter_bf16_xla", "adapter_bf16_matmul",
-                 "adapter_bf16_matmul_xla"):
+    for name in models:
         dtype = "bfloat16" if name in BF16_VARIANTS else "float32"
         targets[f"{name} >= {TARGETS[dtype]:.0%} of the {dtype} matmul limit"] = share[name][dtype] >= TARGETS[dtype]
 

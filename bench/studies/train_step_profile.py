@@ -60,9 +60,9 @@ def main() -> None:
     import tensorflow as tf
 
     from bench.studies.serving_profile import ADAPTER_OPS, op_time_by_type
-    from modules.trainer import bfloat16_matmuls
     from bench.train_throughput import (BATCH, SEQ, MatmulLimit, adapter_params, build, fit_rate, flops_per_example,
                                         matmul_shapes, synthetic_batch, synthetic_dataset)
+    from modules.trainer import bfloat16_matmuls
 
     features, labels = synthetic_batch()
     dataset = synthetic_dataset(features, labels)
