@@ -150,6 +150,27 @@ def _run_layers(layers: List[keras.layers.Layer], hidden_states: tf.Tensor, atte
     return hidden_states
 
 
+def dense_layers(model: keras.Model) -> List[keras.layers.Dense]:
+    """`model`'s keras Dense layers (not subclasses, which may compute otherwise): every linear layer of the
+    backbone, the adapters and the head."""
+    return [layer for layer in model.submodules if type(layer) is keras.layers.Dense]
+
+
+def bfloat16_dense_call(self: keras.layers.Dense, inputs: tf.Tensor) -> tf.Tensor:
+    """keras.layers.Dense.call with the product in bfloat16 (oneDNN accumulates in float32), cast back to float32
+    before the bias and the activation, as grappler's oneDNN rewrite does it: the arithmetic of
+    --precision bfloat16_matmul under XLA (modules.trainer.bfloat16_matmuls) and of the bfloat16 serving export,
+    whose kernels are stored in bfloat16 (modules.serving.bfloat16_products_copy; the cast is then a no-op)."""
+    rank = inputs.shape.rank
+    x, kernel = tf.cast(inputs, tf.bfloat16), tf.cast(self.kernel, tf.bfloat16)
+    product = tf.matmul(x, kernel) if rank == 2 else tf.tensordot(x, kernel, [[rank - 1], [0]])
+    outputs = tf.cast(product, tf.float32)
+    outputs.set_shape(inputs.shape[:-1].concatenate([self.units]))
+    if self.use_bias:
+        outputs = tf.nn.bias_add(outputs, self.bias)
+    return outputs if self.activation is None else self.activation(outputs)
+
+
 def dummy_inputs(batch_size: int = 2, seq_length: int = 8) -> Dict[str, tf.Tensor]:
     ids = tf.ones([batch_size, seq_length], tf.int64)
     return {"input_ids": ids, "attention_mask": ids, "token_type_ids": tf.zeros_like(ids)}

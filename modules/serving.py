@@ -16,9 +16,10 @@ signature's name, inputs or outputs; bench/serving_latency.py measures them agai
                      of two, so XLA compiles few shapes. Same answers as float32 without it (within 1e-5). TF
                      Serving runs it only with `--xla_cpu_compilation_enabled=true` (its XLA:CPU JIT is off by
                      default and such a model then fails its first request), so it is not the default.
-  bfloat16           the model's weights stored and computed in bfloat16 (the classifier in float32): fast on CPUs
-                     with native bfloat16 (AVX512_BF16, AMX), slow where it is emulated; probabilities within
-                     1e-2 of float32 (bench/serving_latency.py reports the largest difference).
+  bfloat16           the linear layers' kernels stored in bfloat16 and their products computed in bfloat16, the
+                     rest in float32 (`bfloat16_products_copy`): fast on CPUs with native bfloat16 (AVX512_BF16,
+                     AMX), slow where it is emulated; probabilities within 1e-2 of float32
+                     (bench/serving_latency.py reports the largest difference).
 An XLA export also carries TF Serving's warm-up requests (`warmup_requests`): the server replays them when it
 loads the model, so it compiles the shapes before the first client request instead of during it.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from typing import Dict, List, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -43,7 +45,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from modules import backbone
 from modules.glue import FEATURE_TEXT_A, FEATURE_TEXT_B, GlueTask
 from modules.metrics import OUTPUT_LABEL, OUTPUT_LABEL_NAME, OUTPUT_PROBABILITIES, OUTPUT_SCORE
-from modules.model import INPUT_NAMES, AdapterBertClassifier, Untracked
+from modules.model import INPUT_NAMES, AdapterBertClassifier, Untracked, bfloat16_dense_call, dense_layers
 from modules.preprocessing import INPUT_IDS, LENGTH as LENGTH_FEATURE
 
 TEXT_SIGNATURE = "predict_text"
@@ -90,18 +92,20 @@ def padded_inputs(features: Dict[str, tf.Tensor], length_bounds: Sequence[int]) 
             for name, value in bucket_inputs(features, length_bounds).items()}
 
 
-def bfloat16_copy(model: AdapterBertClassifier) -> AdapterBertClassifier:
-    """The same weights in a model that stores and computes them in bfloat16 (its classifier stays float32).
-    Stored, not cast per call: the mixed_bfloat16 policy casts every float32 weight at each call, which cost more
-    than bfloat16 saved at batch 1 (bench/studies/serving_profile.py)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("bfloat16")  # a layer's dtype is fixed when it is created
-    try:
-        copy = AdapterBertClassifier(backbone.build_backbone(model.bert.config), model.num_labels,
-                                     model.adapter_config, full_finetune=model.full_finetune)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+def bfloat16_products_copy(model: AdapterBertClassifier) -> AdapterBertClassifier:
+    """A copy of `model` whose linear layers (model.dense_layers) store their kernels in bfloat16 and multiply in
+    bfloat16 (model.bfloat16_dense_call); everything else (embeddings, biases, LayerNorm, GELU, softmax, the
+    attention's batch products) stays float32. Why not every weight in bfloat16: TensorFlow's bfloat16
+    elementwise kernels are slower than its float32 ones on CPU and round every activation; with only the products
+    in bfloat16 an MRPC batch of 32 ran 1.2-1.3x faster, with and without XLA, and nearer float32's answers
+    (docs/results.md, Serving). Kernels stored, not cast per call: the cast of float32 kernels at each call cost
+    more than bfloat16 saved at batch 1."""
+    copy = AdapterBertClassifier(backbone.build_backbone(model.bert.config), model.num_labels,
+                                 model.adapter_config, full_finetune=model.full_finetune)
     copy.set_weights(model.get_weights())
+    for layer in dense_layers(copy):
+        layer.kernel = tf.Variable(tf.cast(layer.kernel, tf.bfloat16), trainable=False, name="kernel")  # replaces it
+        layer.call = types.MethodType(bfloat16_dense_call, layer)
     return copy
 
 
@@ -110,7 +114,7 @@ class ServingModel:
     export options of the module docstring. Untracked by tf.Module: a module saves `variables` instead."""
 
     def __init__(self, model: AdapterBertClassifier, xla_length_bounds: Sequence[int] = (), bfloat16: bool = False):
-        self.model = bfloat16_copy(model) if bfloat16 else model
+        self.model = bfloat16_products_copy(model) if bfloat16 else model
         self.xla_length_bounds = tuple(xla_length_bounds)
         self.variables = self.model.variables
         self._compiled = tf.function(self._logits, jit_compile=True, autograph=False)

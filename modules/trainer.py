@@ -41,6 +41,8 @@ from modules.adapters import AdapterConfig
 from modules.model import (
     INPUT_NAMES,
     AdapterBertClassifier,
+    bfloat16_dense_call,
+    dense_layers,
     load_adapter_weights,
     read_adapter_config,
     save_adapter_weights,
@@ -352,30 +354,38 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-def resolve_precision(precision: str, xla: str = "auto") -> str:
+def resolve_precision(precision: str) -> str:
     """TrainingConfig.precision resolved: "auto" is bfloat16_matmul on CPUs with native bfloat16 where oneDNN is
-    on (faster, and accuracy-neutral on MRPC, RTE and STS-B: docs/results.md), float32 elsewhere (emulated
-    bfloat16 is slower, and without oneDNN the rewrite does not run) and with `xla` "on" (bfloat16_matmul under
-    XLA, bfloat16_matmuls' Dense path, passed the accuracy rule with STS-B at its margin: not a default yet)."""
+    on (faster, and accuracy-neutral on MRPC, RTE and STS-B, with and without XLA: docs/results.md), float32
+    elsewhere (emulated bfloat16 is slower, and without oneDNN neither the rewrite nor XLA's oneDNN bfloat16
+    products run)."""
     if precision != "auto":
         return precision
     native, onednn = cpu_has_native_bfloat16(), onednn_enabled()
-    resolved = "bfloat16_matmul" if native and onednn and xla != "on" else "float32"
-    logging.info("--precision auto: %s (native bfloat16 arithmetic: %s; oneDNN: %s; --xla %s)", resolved,
+    resolved = "bfloat16_matmul" if native and onednn else "float32"
+    logging.info("--precision auto: %s (native bfloat16 arithmetic: %s; oneDNN: %s)", resolved,
                  "yes" if native else f"no, none of the CPU flags {'/'.join(BF16_CPU_FLAGS)}",
-                 "on" if onednn else "off", xla)
+                 "on" if onednn else "off")
     return resolved
 
 
-def resolve_xla(config: TrainingConfig, precision: str, strategy: tf.distribute.Strategy) -> bool:
-    """Whether the train step is XLA-compiled: config.xla, with "auto" on for mixed_bfloat16 (`precision`,
-    resolved) on one replica without AdapterDrop's prefix cache (whose batches have a shape per length); off for
-    float32, where whole runs gained little or lost (docs/results.md), and for bfloat16_matmul, whose accuracy was
-    measured without XLA (with --xla on its products are cast in the Dense layers: bfloat16_matmuls)."""
+# The train steps from which XLA's compilation pays back with bfloat16_matmul (bench.training_modes, MiniLM on
+# MRPC, batch 32, 2 cores: compiling the 5 bucket shapes costs about 45 s more than the rewrite's first epoch, and
+# each later step saves about 0.1 s; docs/results.md).
+XLA_MIN_STEPS = 500
+
+
+def resolve_xla(config: TrainingConfig, precision: str, strategy: tf.distribute.Strategy, steps: int) -> bool:
+    """Whether the train step is XLA-compiled: config.xla, with "auto" on for the bfloat16 precisions
+    (`precision`, resolved) on one replica without AdapterDrop's prefix cache (whose batches have a shape per
+    length): for mixed_bfloat16 always, for bfloat16_matmul in runs of at least XLA_MIN_STEPS train `steps`, where
+    whole runs measured it faster than the rewrite without XLA (10 MRPC epochs: 1.44x float32 against 1.31x);
+    off for float32, where whole runs gained little or lost (docs/results.md)."""
     if config.xla != "auto":
         return config.xla == "on"
-    return (precision == "mixed_bfloat16" and strategy.num_replicas_in_sync == 1
-            and not (config.adapter_drop and config.prefix_cache))
+    if strategy.num_replicas_in_sync > 1 or (config.adapter_drop and config.prefix_cache):
+        return False
+    return precision == "mixed_bfloat16" or (precision == "bfloat16_matmul" and steps >= XLA_MIN_STEPS)
 
 
 # The ops TensorFlow's oneDNN auto mixed precision moves into bfloat16 after a matrix product (its "infer list",
@@ -399,7 +409,7 @@ def bfloat16_matmuls(enabled: bool = True, model: Optional[keras.Model] = None) 
     rewrites a function when it is first run, so later functions (the Evaluator's, serving) stay float32.
 
     XLA does not run grappler: for a `model` whose train step XLA compiles (model.jit_compile), its Dense layers
-    cast their input and kernel to bfloat16 themselves while the context lasts (_bfloat16_dense_call), the same
+    cast their input and kernel to bfloat16 themselves while the context lasts (model.bfloat16_dense_call), the same
     arithmetic for every linear layer; the attention's two batch products (tf.matmul inside transformers'
     attention, about 5% of the model's FLOPs at length 128) stay float32."""
     if not enabled:
@@ -425,25 +435,12 @@ def bfloat16_matmuls(enabled: bool = True, model: Optional[keras.Model] = None) 
             os.environ[INFER_LIST_REMOVE] = previous_list
 
 
-def _bfloat16_dense_call(self: keras.layers.Dense, inputs: tf.Tensor) -> tf.Tensor:
-    """keras.layers.Dense.call for a dense float32 input with the product in bfloat16, cast back to float32 before
-    the bias and the activation, as grappler's rewrite does it."""
-    rank = inputs.shape.rank
-    x, kernel = tf.cast(inputs, tf.bfloat16), tf.cast(self.kernel, tf.bfloat16)
-    product = tf.matmul(x, kernel) if rank == 2 else tf.tensordot(x, kernel, [[rank - 1], [0]])
-    outputs = tf.cast(product, tf.float32)
-    outputs.set_shape(inputs.shape[:-1].concatenate([self.units]))
-    if self.use_bias:
-        outputs = tf.nn.bias_add(outputs, self.bias)
-    return outputs if self.activation is None else self.activation(outputs)
-
-
 @contextlib.contextmanager
 def _bfloat16_dense_products(model: keras.Model) -> Iterator[None]:
-    """`model`'s keras Dense layers (not subclasses, which may compute otherwise) call _bfloat16_dense_call."""
-    layers = [layer for layer in model.submodules if type(layer) is keras.layers.Dense]
+    """`model`'s keras Dense layers multiply in bfloat16 (model.bfloat16_dense_call)."""
+    layers = dense_layers(model)
     for layer in layers:
-        layer.call = types.MethodType(_bfloat16_dense_call, layer)
+        layer.call = types.MethodType(bfloat16_dense_call, layer)
     try:
         yield
     finally:
@@ -463,7 +460,7 @@ def build_model(config: TrainingConfig, task: GlueTask, precision: Optional[str]
     """
     previous = keras.mixed_precision.global_policy()
     generator_before = keras.backend.experimental.is_tf_random_generator_enabled()
-    policy = resolve_precision(precision or config.precision, config.xla)
+    policy = resolve_precision(precision or config.precision)
     keras.mixed_precision.set_global_policy("float32" if policy == "bfloat16_matmul" else policy)
     if xla:
         keras.backend.experimental.enable_tf_random_generator()
@@ -526,15 +523,15 @@ def train(
     strategy = strategy or distribution_strategy(config.distribution)
     task = config.task_description()
     keras.utils.set_random_seed(config.seed)
-    precision = resolve_precision(config.precision, config.xla)
-    xla = resolve_xla(config, precision, strategy)
+    num_examples = _count(read_transformed(train_files, feature_spec, train_rows))
+    if num_examples == 0:
+        raise ValueError(f"No training examples in {train_files}.")
+    precision = resolve_precision(config.precision)
+    xla = resolve_xla(config, precision, strategy, steps=-(-num_examples // config.batch_size) * config.epochs)
     train_data = make_dataset(train_files, feature_spec, config.batch_size, config.max_seq_length,
                               shuffle_seed=config.seed, bucketing=config.bucketing, rows=train_rows, bucket_shapes=xla)
     eval_data = make_dataset(eval_files, feature_spec, config.batch_size, config.max_seq_length,
                              shuffle_seed=None, bucketing=config.bucketing, rows=eval_rows)
-    num_examples = _count(read_transformed(train_files, feature_spec, train_rows))
-    if num_examples == 0:
-        raise ValueError(f"No training examples in {train_files}.")
     steps_per_epoch = _count(train_data)  # fixed per epoch: shuffling moves no example to another bucket
     # Known length: Keras then stops each epoch on its last batch instead of stepping once more into the end.
     train_data = train_data.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))

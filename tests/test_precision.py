@@ -26,7 +26,6 @@ def test_auto_resolves_by_the_cpu_and_onednn_and_explicit_precisions_stay(monkey
     monkeypatch.setattr(trainer, "cpu_has_native_bfloat16", lambda: native)
     monkeypatch.setattr(trainer, "onednn_enabled", lambda: onednn)
     assert trainer.resolve_precision("auto") == expected
-    assert trainer.resolve_precision("auto", xla="on") == "float32"  # XLA would not run the rewrite
     for precision in ("float32", "mixed_bfloat16", "bfloat16_matmul"):
         assert trainer.resolve_precision(precision) == precision
 
@@ -38,21 +37,26 @@ def test_auto_is_the_default() -> None:
     assert TrainingConfig(precision="float32").precision == "float32"
 
 
-@pytest.mark.parametrize("xla,precision,replicas,adapter_drop,expected", [
-    ("auto", "mixed_bfloat16", 1, 0, True),    # where whole runs measured it faster
-    ("auto", "float32", 1, 0, False),
-    ("auto", "mixed_bfloat16", 2, 0, False),   # no XLA across workers
-    ("auto", "mixed_bfloat16", 1, 2, False),   # the prefix cache's batches have a shape per length
-    ("on", "float32", 1, 0, True),
-    ("off", "mixed_bfloat16", 1, 0, False),
+@pytest.mark.parametrize("xla,precision,replicas,adapter_drop,steps,expected", [
+    ("auto", "mixed_bfloat16", 1, 0, 10, True),      # where whole runs measured it faster
+    ("auto", "bfloat16_matmul", 1, 0, 1150, True),   # 10 MRPC epochs: compiling pays back
+    ("auto", "bfloat16_matmul", 1, 0, 345, False),   # 3 MRPC epochs: it does not
+    ("auto", "float32", 1, 0, 1150, False),
+    ("auto", "mixed_bfloat16", 2, 0, 1150, False),   # no XLA across workers
+    ("auto", "bfloat16_matmul", 2, 0, 1150, False),
+    ("auto", "mixed_bfloat16", 1, 2, 1150, False),   # the prefix cache's batches have a shape per length
+    ("on", "float32", 1, 0, 10, True),
+    ("off", "mixed_bfloat16", 1, 0, 1150, False),
 ])
-def test_xla_auto_compiles_bfloat16_training_on_one_replica(xla, precision, replicas, adapter_drop, expected) -> None:
+def test_xla_auto_compiles_bfloat16_training_on_one_replica_where_it_pays_back(xla, precision, replicas, adapter_drop,
+                                                                              steps, expected) -> None:
     from types import SimpleNamespace
 
     from modules.config import TrainingConfig
 
     config = TrainingConfig(xla=xla, adapter_drop=adapter_drop)
-    assert trainer.resolve_xla(config, precision, SimpleNamespace(num_replicas_in_sync=replicas)) is expected
+    strategy = SimpleNamespace(num_replicas_in_sync=replicas)
+    assert trainer.resolve_xla(config, precision, strategy, steps) is expected
 
 
 def test_unknown_xla_mode_is_refused_naming_the_flag() -> None:
