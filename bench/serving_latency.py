@@ -18,7 +18,7 @@ binary on these machines).
   *_fixed128: the same models fed the Transform output's fixed padding to 128, as exported before
               trainer.model_inputs cut each batch to its longest example
   adapter_xla, adapter_bf16, adapter_bf16_xla: the adapter model exported with serving.ServingModel's options
-              (XLA on the Trainer's length buckets, bucket_bounds(128); bfloat16 weights)
+              (XLA on the Trainer's length buckets, bucket_bounds(128); bfloat16 products)
   adapterhub[_bf16][_threadsN]: AdapterHub's Houlsby adapters on the same MiniLM weights, eager PyTorch with
               its fast tokenizer (bench/studies/adapterhub_serving.py in AdapterHub's venv, one process per
               --hub-threads setting, 0 = PyTorch's default), float32 and under bfloat16 autocast

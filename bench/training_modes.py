@@ -12,8 +12,9 @@ trainer.build_model + trainer.compile_model trained by Keras fit, one whole epoc
   bf16                 --precision mixed_bfloat16 --xla off
   bf16 + XLA           --precision mixed_bfloat16 --xla on
   bf16 matmul          --precision bfloat16_matmul (float32 model, train step rewritten to bfloat16 products): the
-                       default on CPUs with native bfloat16
-  bf16 matmul + XLA    --precision bfloat16_matmul --xla on (the Dense layers cast to bfloat16 products themselves)
+                       default on CPUs with native bfloat16 for runs of fewer than 500 steps
+  bf16 matmul + XLA    --precision bfloat16_matmul --xla on (the Dense layers cast to bfloat16 products themselves):
+                       the default there for longer runs (trainer.XLA_MIN_STEPS)
 Each mode's first epoch is timed on its own (it traces the step and, under XLA, compiles every batch shape), then
 the later epochs interleaved (A, B, C, D, A, ...), medians reported. "whole run" is what a run of `--epochs`
 epochs spends training: first epoch + (epochs - 1) x the median later epoch (dev evaluation excluded: the same in

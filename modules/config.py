@@ -17,7 +17,7 @@ DISTRIBUTIONS = ("auto", "default", "multi_worker")  # TrainingConfig.distributi
 # TrainingConfig.precision: Keras mixed-precision policies, "bfloat16_matmul" (trainer.bfloat16_matmuls), or "auto"
 # (trainer.resolve_precision: bfloat16_matmul on CPUs with native bfloat16 arithmetic and oneDNN, float32 elsewhere).
 PRECISIONS = ("float32", "mixed_bfloat16", "bfloat16_matmul", "auto")
-# TrainingConfig.xla: compile the train step with XLA; "auto" (trainer.resolve_xla): where it is faster.
+# TrainingConfig.xla: compile the train step with XLA; "auto" (trainer.resolve_xla): where whole runs are faster.
 XLA_MODES = ("auto", "on", "off")
 # TrainingConfig.serving_export: the serving SavedModel's arithmetic (modules/serving.py's export options).
 SERVING_EXPORTS = ("float32", "xla", "bfloat16", "bfloat16_xla")
@@ -61,19 +61,20 @@ class TrainingConfig:
     # Training arithmetic. "mixed_bfloat16": float32 weights, every layer computing in bfloat16; about 1.3x fewer
     # CPU seconds a step on CPUs with AVX512_BF16 or AMX (bench/README.md), slower on CPUs without.
     # "bfloat16_matmul": a float32 model whose train step multiplies matrices in bfloat16 and does everything else
-    # in float32 (trainer.bfloat16_matmuls; a graph rewrite, or under --xla on casts in the Dense layers, an option
-    # that passed the accuracy rule with STS-B at its margin: docs/results.md). "auto" (the default): bfloat16_matmul
-    # where the CPU has native bfloat16 and oneDNN is on, float32 elsewhere or with --xla on (docs/results.md: the
-    # speed, and the accuracy on MRPC, RTE and STS-B). The exported model computes as serving_export says, float32
-    # by default, whatever the training arithmetic.
+    # in float32 (trainer.bfloat16_matmuls: a graph rewrite, or under XLA casts in the Dense layers). "auto" (the
+    # default): bfloat16_matmul where the CPU has native bfloat16 and oneDNN is on, float32 elsewhere
+    # (docs/results.md: the speed, and the accuracy on MRPC, RTE and STS-B with and without XLA). The exported
+    # model computes as serving_export says, float32 by default, whatever the training arithmetic.
     precision: str = "auto"
     # The train step compiled by XLA (Keras jit_compile), batches then padded to their length bucket's bound so
-    # that XLA compiles a few shapes instead of one per batch length. "auto": on with mixed_bfloat16 on one
-    # machine (trainer.resolve_xla), where whole runs measured it faster.
+    # that XLA compiles a few shapes instead of one per batch length. "auto" (trainer.resolve_xla): on one machine
+    # without AdapterDrop's prefix cache, on with mixed_bfloat16, and with bfloat16_matmul in runs of 500 train
+    # steps or more (10 MRPC epochs; compiling costs about the saving of 4), where whole runs measured it faster.
     xla: str = "auto"
     # The exported SavedModel's model part (modules/serving.py): "float32" serves anywhere; "xla" XLA-compiles it,
-    # the same answers (TF Serving then needs --xla_cpu_compilation_enabled=true); "bfloat16" stores bfloat16
-    # weights, within 1e-2 of float32's probabilities, fast only on CPUs with native bfloat16; "bfloat16_xla" both.
+    # the same answers (TF Serving then needs --xla_cpu_compilation_enabled=true); "bfloat16" stores the linear
+    # layers' kernels in bfloat16 and multiplies in bfloat16, the rest in float32, within 1e-2 of float32's
+    # probabilities, fast only on CPUs with native bfloat16; "bfloat16_xla" both.
     # The Evaluator and the release gate judge the exported model, so what is pushed is what was gated.
     serving_export: str = "float32"
     # tf.distribute strategy of the Trainer: "auto" = MultiWorkerMirroredStrategy when TF_CONFIG describes a

@@ -370,8 +370,8 @@ def resolve_precision(precision: str) -> str:
 
 
 # The train steps from which XLA's compilation pays back with bfloat16_matmul (bench.training_modes, MiniLM on
-# MRPC, batch 32, 2 cores: compiling the 5 bucket shapes costs about 45 s more than the rewrite's first epoch, and
-# each later step saves about 0.1 s; docs/results.md).
+# MRPC, batch 32, 2 cores: XLA's first epoch, compiling 5 bucket shapes, took 38 s longer than the rewrite's, and
+# each later epoch of 115 steps 11 s less, so XLA is faster from about 4.5 epochs, 520 steps; docs/results.md).
 XLA_MIN_STEPS = 500
 
 
@@ -379,7 +379,7 @@ def resolve_xla(config: TrainingConfig, precision: str, strategy: tf.distribute.
     """Whether the train step is XLA-compiled: config.xla, with "auto" on for the bfloat16 precisions
     (`precision`, resolved) on one replica without AdapterDrop's prefix cache (whose batches have a shape per
     length): for mixed_bfloat16 always, for bfloat16_matmul in runs of at least XLA_MIN_STEPS train `steps`, where
-    whole runs measured it faster than the rewrite without XLA (10 MRPC epochs: 1.44x float32 against 1.31x);
+    whole runs measured it faster than the rewrite without XLA (10 MRPC epochs: 1.53x float32 against 1.36x);
     off for float32, where whole runs gained little or lost (docs/results.md)."""
     if config.xla != "auto":
         return config.xla == "on"
@@ -437,8 +437,8 @@ def bfloat16_matmuls(enabled: bool = True, model: Optional[keras.Model] = None) 
 
 @contextlib.contextmanager
 def _bfloat16_dense_products(model: keras.Model) -> Iterator[None]:
-    """`model`'s keras Dense layers multiply in bfloat16 (model.bfloat16_dense_call)."""
-    layers = dense_layers(model)
+    """`model`'s keras Dense layers multiply in bfloat16 (model.bfloat16_dense_call); a nested use leaves them so."""
+    layers = [layer for layer in dense_layers(model) if "call" not in vars(layer)]
     for layer in layers:
         layer.call = types.MethodType(bfloat16_dense_call, layer)
     try:

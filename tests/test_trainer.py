@@ -396,6 +396,8 @@ def test_bfloat16_matmul_under_xla_casts_in_the_dense_layers_only_while_the_cont
     float32 = model(x)
     model.jit_compile = True
     with bfloat16_matmuls(True, model):
+        with bfloat16_matmuls(True, model):  # a nested use (a caller's and fit's) ends with the outer one
+            pass
         products = model(x)
         assert "call" in vars(dense)
     assert "call" not in vars(dense)
@@ -413,6 +415,16 @@ def test_bfloat16_matmul_under_xla_trains_reproducibly_and_restores_the_layers(t
     for a, b in zip(model.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert not any("call" in vars(layer) for layer in model.submodules)
+
+
+@pytest.mark.parametrize("min_steps,compiled", [(2, True), (3, False)])
+def test_auto_xla_counts_the_runs_train_steps(tmp_path, monkeypatch, min_steps: int, compiled: bool) -> None:
+    # 16 examples, batch 8, 1 epoch: 2 steps, so XLA_MIN_STEPS 2 compiles the bfloat16_matmul step and 3 does not.
+    from modules import trainer
+
+    monkeypatch.setattr(trainer, "XLA_MIN_STEPS", min_steps)
+    model, _ = train_tiny(tmp_path, f"auto{min_steps}", precision="bfloat16_matmul", xla="auto")
+    assert model.jit_compile is compiled
 
 
 def test_xla_training_is_compiled_reproducible_and_leaves_the_backbone_unchanged(tmp_path) -> None:
