@@ -18,7 +18,7 @@ binary on these machines).
   *_fixed128: the same models fed the Transform output's fixed padding to 128, as exported before
               trainer.model_inputs cut each batch to its longest example
   adapter_xla, adapter_bf16, adapter_bf16_xla: the adapter model exported with serving.ServingModel's options
-              (XLA on the Trainer's length buckets, bucket_bounds(128); bfloat16 products)
+              (XLA on the export's length bounds, serving.xla_length_bounds(128); bfloat16 products)
   adapterhub[_bf16][_threadsN]: AdapterHub's Houlsby adapters on the same MiniLM weights, eager PyTorch with
               its fast tokenizer (bench/studies/adapterhub_serving.py in AdapterHub's venv, one process per
               --hub-threads setting, 0 = PyTorch's default), float32 and under bfloat16 autocast
@@ -42,10 +42,10 @@ from typing import Any, Dict, List, Sequence
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from modules.trainer import bucket_bounds  # noqa: E402
+from modules.serving import xla_length_bounds  # noqa: E402
 
 MAX_SEQ_LENGTH = 128
-LENGTH_BOUNDS = tuple(bucket_bounds(MAX_SEQ_LENGTH))  # what the Trainer exports with --serving_export xla
+LENGTH_BOUNDS = xla_length_bounds(MAX_SEQ_LENGTH)  # what the Trainer exports with --serving_export xla
 EXPORT_OPTIONS = {"adapter_xla": {"xla_length_bounds": LENGTH_BOUNDS}, "adapter_bf16": {"bfloat16": True},
                   "adapter_bf16_xla": {"xla_length_bounds": LENGTH_BOUNDS, "bfloat16": True}}
 

@@ -50,7 +50,8 @@ from modules.model import (
 from modules.preprocessing import LENGTH as LENGTH_FEATURE
 from modules.config import RECORDED_TRAINING_FIELDS, TrainingConfig, tuned_settings
 from modules.prefix_cache import EXAMPLE_INDEX, PrefixCache, build_prefix_cache
-from modules.serving import adapters_dir, bucket_inputs, export_serving_model, model_inputs, predict_outputs
+from modules.serving import (adapters_dir, bucket_inputs, export_serving_model, model_inputs, predict_outputs,
+                             xla_length_bounds)
 
 BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384)
 # Which examples of a split a dataset reads (features -> scalar bool): the Tuner's holdout and the rest of train.
@@ -606,7 +607,7 @@ def run_fn(fn_args: FnArgs) -> None:
     model, _ = train(config, fn_args.train_files, fn_args.eval_files, feature_spec, fn_args.model_run_dir, strategy)
     model = float32_copy(model, config, task)
     xla_export = config.serving_export.endswith("xla")
-    export = {"xla_length_bounds": bucket_bounds(config.max_seq_length) if xla_export else (),
+    export = {"xla_length_bounds": xla_length_bounds(config.max_seq_length) if xla_export else (),
               "bfloat16": config.serving_export.startswith("bfloat16")}
     if is_chief(strategy):
         export_serving_model(model, tf_transform_output, task, fn_args.serving_model_dir, **export)

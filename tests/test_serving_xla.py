@@ -20,7 +20,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from modules.adapters import AdapterConfig
 from modules.backbone import build_backbone
 from modules.model import INPUT_NAMES, AdapterBertClassifier, dense_layers
-from modules.serving import ServingModel, model_inputs, padded_inputs
+from modules.serving import ServingModel, model_inputs, padded_inputs, xla_length_bounds
 
 MAX_SEQ_LENGTH = 32
 LENGTH_BOUNDS = (16, 32)
@@ -112,6 +112,12 @@ def test_bfloat16_copy_stores_the_linear_kernels_in_bfloat16_and_the_rest_in_flo
     assert dtypes == {"linear kernel": tf.bfloat16, "rest": tf.float32}
     assert len(kernels) == len(dense_layers(model)) > 0
     assert len(copy.variables) == len(model.variables)  # the float32 kernels are replaced, not kept beside
+
+
+def test_xla_export_bounds_are_every_16_tokens_up_to_the_maximum() -> None:
+    assert xla_length_bounds(128) == (16, 32, 48, 64, 80, 96, 112, 128)
+    assert xla_length_bounds(100) == (16, 32, 48, 64, 80, 96, 100)
+    assert xla_length_bounds(16) == (16,)
 
 
 @pytest.mark.parametrize("lengths,shape", [((7,), (1, 16)), ((5, 11, 20), (4, 32)), ((16, 16), (2, 16)),

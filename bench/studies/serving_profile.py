@@ -11,7 +11,7 @@ median and process CPU milliseconds per call (CPU time is less hurt by other job
   tokenize           the Transform tokenizer (modules.preprocessing.BertPairTokenizer) + serving.model_inputs
   model_*            the model part on the tokenizer's output (pre-tokenized tensors): float32 as exported by
                      default, without adapters (the same backbone and head), and serving.ServingModel's options
-                     (xla: on the Trainer's length buckets; bf16: bfloat16 products, kernels stored in
+                     (xla: on serving.xla_length_bounds; bf16: bfloat16 products, kernels stored in
                      bfloat16), and the mixed_bfloat16 policy (float32 weights cast at each call)
   predict_text       the whole default signature: tokenizer + float32 model + outputs
 Then the TensorFlow profiler's op-level trace of `predict_text` (float32) and of `model_bf16` (warm): milliseconds
