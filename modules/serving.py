@@ -38,7 +38,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf
 import tensorflow_transform as tft
-import tf_keras as keras
 from absl import logging
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -63,8 +62,8 @@ WARMUP_MAX_BATCH = 32
 def xla_length_bounds(max_seq_length: int, step: int = 16) -> Tuple[int, ...]:
     """The length bounds of an XLA export: every multiple of `step` up to max_seq_length. Finer than the Trainer's
     length buckets (16, 32, 48, 64, 96, 128), whose wide upper buckets padded MRPC's batches of 32 (77-84 tokens) to
-    96: with bounds every 16 the bfloat16 + XLA export answered 1.10x as many batch-32 examples per second, batch 1
-    the same (docs/results.md, Serving), for 8 bounds to compile instead of 6."""
+    96: with bounds every 16 the bfloat16 + XLA export answered 10 MRPC batches of 32 1.10x as fast, batch 1 as
+    fast (docs/results.md, Serving), for 8 bounds to compile instead of 6. It never pads more than the buckets."""
     return tuple(range(step, max_seq_length, step)) + (max_seq_length,)
 
 
@@ -105,7 +104,7 @@ def bfloat16_products_copy(model: AdapterBertClassifier) -> AdapterBertClassifie
     bfloat16 (model.bfloat16_dense_call); everything else (embeddings, biases, LayerNorm, GELU, softmax, the
     attention's batch products) stays float32. Why not every weight in bfloat16: TensorFlow's bfloat16
     elementwise kernels are slower than its float32 ones on CPU and round every activation; with only the products
-    in bfloat16 an MRPC batch of 32 ran 1.2-1.3x faster, with and without XLA, and nearer float32's answers
+    in bfloat16 a batch of 32 x 96 tokens ran 1.2-1.3x faster, with and without XLA, and nearer float32's answers
     (docs/results.md, Serving). Kernels stored, not cast per call: the cast of float32 kernels at each call cost
     more than bfloat16 saved at batch 1."""
     copy = AdapterBertClassifier(backbone.build_backbone(model.bert.config), model.num_labels,
