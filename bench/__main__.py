@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -207,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out or (os.path.join(common.REPO_ROOT, "outputs", "bench", f"{date}-{kind}-quick.json") if args.quick
                        else os.path.join(common.RESULTS_DIR, f"{date}-{kind}.json"))
     hub, hub_reason = hub_python(args.adapterhub_venv)
-    scratch = tempfile.mkdtemp(prefix="bench-headline-")
+    scratch = common.scratch_dir("bench-headline-")
     env = {**os.environ, "BENCH_RESULTS_DIR": scratch, "PYTHONUNBUFFERED": "1", "TF_USE_LEGACY_KERAS": "1"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     if hub:

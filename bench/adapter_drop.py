@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import subprocess
-import tempfile
 import time
 from typing import Dict, List
 
@@ -112,7 +111,7 @@ def mrpc_cache(common) -> Dict:
     path = os.path.join(common.GLUE_DIR, "MRPC", "train.tsv")
     if not os.path.isfile(path):
         return {"skipped": f"{path} not found"}
-    records = os.path.join(tempfile.mkdtemp(prefix="bench-drop-"), "transformed-00000-of-00001.gz")
+    records = os.path.join(common.scratch_dir("bench-drop-"), "transformed-00000-of-00001.gz")
     num_examples = write_transformed(path, records)
     spec = {k: tf.io.FixedLenFeature([SEQ], tf.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
     spec.update(length=tf.io.FixedLenFeature([], tf.int64), label=tf.io.FixedLenFeature([], tf.int64))
@@ -205,7 +204,7 @@ def main() -> None:
 
     task = get_task("mrpc")
     features, labels = synthetic_batch()
-    model_dir = random_bert_base(tempfile.mkdtemp(prefix="bench-bert-base-")) if args.bert_base else "minilm"
+    model_dir = random_bert_base(common.scratch_dir("bench-bert-base-")) if args.bert_base else "minilm"
 
     def build(**settings):
         config = TrainingConfig(model=model_dir, **settings)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -56,7 +55,7 @@ def main() -> None:
 
     task = get_task("mrpc")
     examples = list(read_examples(test_path, task, labeled=False))
-    scratch = tempfile.mkdtemp(prefix="bench-bulk-")
+    scratch = common.scratch_dir("bench-bulk-")
     for name, rows in (("examples", examples), ("examples_32", examples[:32])):
         os.makedirs(os.path.join(scratch, name, "Split-test"))
         with tf.io.TFRecordWriter(os.path.join(scratch, name, "Split-test", "data.gz"), options="GZIP") as writer:

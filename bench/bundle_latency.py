@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from typing import Dict, List
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -61,7 +60,7 @@ def main() -> None:
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the tokenizer's custom ops, needed to load the SavedModels)
 
-    scratch = tempfile.mkdtemp(prefix="bench-bundle-")
+    scratch = common.scratch_dir("bench-bundle-")
     data, source = pairs(args.calls)
     one = [(tf.constant([a]), tf.constant([b])) for a, b in data]
     results: Dict[str, Dict] = {}

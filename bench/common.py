@@ -6,13 +6,16 @@ state (load average, busiest other processes) is recorded at the start and the e
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -66,6 +69,14 @@ def glue_file_or_exit(task_directory: str, file_name: str = "train.tsv") -> str:
     if not os.path.isfile(path):
         print(f"SKIPPED: {path} not found (set GLUE_DIR to the directory holding {task_directory}/).")
         sys.exit(0)
+    return path
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new temporary directory, removed when the process exits: the SavedModels, records and traces a benchmark
+    writes take 0.3-0.7 GB a run, and left behind they fill the disk."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
     return path
 
 

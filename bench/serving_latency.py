@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import subprocess
-import tempfile
 import time
 from typing import Any, Dict, List, Sequence
 
@@ -153,7 +152,7 @@ def main() -> None:
     from modules.model import AdapterBertClassifier, load_adapter_weights, read_adapter_config
 
     settings = backbone.tokenizer_settings(backbone.resolve_model_dir("minilm"))
-    scratch = tempfile.mkdtemp(prefix="bench-serving-")
+    scratch = common.scratch_dir("bench-serving-")
     signatures, adapter_head, export_seconds = {}, None, {}
     for name, full, drop in (("adapter", False, 0), ("adapter_k3", False, 3), ("plain", True, 0)):
         if name == "adapter" and args.adapters:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from typing import Dict, Tuple
 
@@ -63,7 +62,7 @@ def main() -> None:
     from modules.config import TrainingConfig
     from modules.glue import get_task
 
-    records = os.path.join(tempfile.mkdtemp(prefix="bench-modes-"), "transformed-00000-of-00001.gz")
+    records = os.path.join(common.scratch_dir("bench-modes-"), "transformed-00000-of-00001.gz")
     num_examples = write_transformed(path, records)
     if args.examples:
         subset = records.replace(".gz", "-subset.gz")

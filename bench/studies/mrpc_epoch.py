@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -60,7 +59,7 @@ def main() -> None:
     from modules.glue import get_task
     from modules.config import TrainingConfig
 
-    scratch = tempfile.mkdtemp(prefix="bench-mrpc-")
+    scratch = common.scratch_dir("bench-mrpc-")
     records = os.path.join(scratch, "transformed-00000-of-00001.gz")
     start = time.perf_counter()
     num_examples = write_transformed(path, records)

@@ -24,7 +24,6 @@ import collections
 import glob
 import os
 import re
-import tempfile
 import time
 from typing import Dict, Iterator, List, Tuple
 
@@ -124,7 +123,7 @@ def main() -> None:
                                     input_signature=text, autograph=False)}
     for name, part in parts.items():
         signatures[name] = logits_signature(part, features)
-    directory = tempfile.mkdtemp(prefix="serving-profile-")
+    directory = common.scratch_dir("serving-profile-")
     tf.saved_model.save(module, directory, signatures={n: f.get_concrete_function() for n, f in signatures.items()})
     loaded = tf.saved_model.load(directory).signatures
 
@@ -152,7 +151,7 @@ def main() -> None:
 
     traced, ops_tables = {}, []
     for name in ("predict_text", "model_bf16"):
-        logdir = tempfile.mkdtemp(prefix="serving-profile-trace-")
+        logdir = common.scratch_dir("serving-profile-trace-")
         tf.profiler.experimental.start(logdir)
         for x in inputs[name]:
             tf.nest.map_structure(lambda t: t.numpy(), loaded[name](**x))

@@ -119,7 +119,7 @@ def child(variant: str, transform_dir: str) -> Dict[str, object]:
                   weights_sha1=hashlib.sha1(b"".join(v.numpy().tobytes() for v in model.trainable_variables)).hexdigest())
 
     tf_transform_output = tft.TFTransformOutput(transform_dir)
-    directory = tempfile.mkdtemp(prefix=f"trace-overhead-{variant}-")
+    directory = common.scratch_dir(f"trace-overhead-{variant}-")
     start = time.perf_counter()
     if variant == "keras":
         module = keras_way_module(model, tf_transform_output, task)
@@ -153,7 +153,7 @@ def main() -> None:
     from modules import backbone
 
     started = common.machine_state()
-    transform_dir = write_transform_output(tempfile.mkdtemp(prefix="trace-overhead-tft-"),
+    transform_dir = write_transform_output(common.scratch_dir("trace-overhead-tft-"),
                                            backbone.resolve_model_dir(backbone.DEFAULT_MODEL))
     runs: Dict[str, list] = {variant: [] for variant in VARIANTS}
     for repeat in range(args.repeats):

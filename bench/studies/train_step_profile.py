@@ -26,7 +26,6 @@ import collections
 import glob
 import os
 import re
-import tempfile
 from typing import Dict
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -98,7 +97,7 @@ def main() -> None:
 
     rows, profiles = [], {}
     for name, model in models.items():
-        logdir = tempfile.mkdtemp(prefix=f"train_step_profile_{name}_")
+        logdir = common.scratch_dir(f"train_step_profile_{name}_")
         tf.profiler.experimental.start(logdir)
         with bfloat16_matmuls(name == "bfloat16_matmul", model):
             model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
@@ -158,7 +157,7 @@ def xla_instruction_kinds(dump_dir: str) -> Dict[str, str]:
 
 def xla_main(args) -> None:
     """--xla: the XLA-compiled bfloat16_matmul step's wall time and its traced instructions' time by kind."""
-    dump_dir = tempfile.mkdtemp(prefix="train_step_profile_xla_dump_")
+    dump_dir = common.scratch_dir("train_step_profile_xla_dump_")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
                                f" --xla_dump_to={dump_dir} --xla_dump_hlo_as_text")
     started = common.machine_state()
@@ -178,7 +177,7 @@ def xla_main(args) -> None:
     values = common.interleave({"bfloat16_matmul + XLA": lambda: fit_rate(model, dataset, args.steps,
                                                                          "adapter_bf16_matmul_xla"),
                                 "matmul limit bfloat16": lambda: limit.measure(args.steps)}, args.repeats)
-    logdir = tempfile.mkdtemp(prefix="train_step_profile_xla_")
+    logdir = common.scratch_dir("train_step_profile_xla_")
     with bfloat16_matmuls(True, model):
         tf.profiler.experimental.start(logdir)
         model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
