@@ -69,7 +69,7 @@ class TrainingConfig:
     # The train step compiled by XLA (Keras jit_compile), batches then padded to their length bucket's bound so
     # that XLA compiles a few shapes instead of one per batch length. "auto" (trainer.resolve_xla): on one machine
     # without AdapterDrop's prefix cache, on with mixed_bfloat16, and with bfloat16_matmul in runs of 500 train
-    # steps or more (10 MRPC epochs; compiling costs about the saving of 4), where whole runs measured it faster.
+    # steps or more (MRPC: compiling costs what 3.5 later epochs save), where whole runs measured it faster.
     xla: str = "auto"
     # The exported SavedModel's model part (modules/serving.py): "float32" serves anywhere; "xla" XLA-compiles it,
     # the same answers (TF Serving then needs --xla_cpu_compilation_enabled=true); "bfloat16" stores the linear
