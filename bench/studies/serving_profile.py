@@ -36,15 +36,20 @@ from bench.serving_latency import LENGTH_BOUNDS, MAX_SEQ_LENGTH, pairs  # noqa: 
 ADAPTER_OPS = "(of which in adapters)"
 
 
-def host_op_events(logdir: str) -> Iterator[Tuple[str, str, float]]:
-    """(node name, op type, milliseconds) of every op TensorFlow's executor threads ran, from the profiler's host
-    trace in `logdir`."""
+def host_plane(logdir: str):
+    """The host (CPU) plane of the TensorFlow profiler's trace in `logdir`: a line per thread, events on each."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
     with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
         space.ParseFromString(f.read())
-    host = next(plane for plane in space.planes if plane.name == "/host:CPU")
+    return next(plane for plane in space.planes if plane.name == "/host:CPU")
+
+
+def host_op_events(logdir: str) -> Iterator[Tuple[str, str, float]]:
+    """(node name, op type, milliseconds) of every op TensorFlow's executor threads ran, from the profiler's host
+    trace in `logdir`."""
+    host = host_plane(logdir)
     for line in host.lines:
         if not line.name.startswith("tf_Compute"):  # the executor threads; "python" holds the caller's frames
             continue

@@ -162,8 +162,8 @@ def xla_main(args) -> None:
                                f" --xla_dump_to={dump_dir} --xla_dump_hlo_as_text")
     started = common.machine_state()
     import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+    from bench.studies.serving_profile import host_plane
     from bench.train_throughput import (BATCH, SEQ, MatmulLimit, adapter_params, build, fit_rate, flops_per_example,
                                         matmul_shapes, synthetic_batch, synthetic_dataset)
     from modules.trainer import bfloat16_matmuls
@@ -182,10 +182,7 @@ def xla_main(args) -> None:
         tf.profiler.experimental.start(logdir)
         model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
         tf.profiler.experimental.stop()
-    space = xplane_pb2.XSpace()
-    with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
-        space.ParseFromString(f.read())
-    host = next(plane for plane in space.planes if plane.name == "/host:CPU")
+    host = host_plane(logdir)
     kinds = xla_instruction_kinds(dump_dir)
     by_kind: Dict[str, float] = collections.Counter()
     for line in host.lines:
